@@ -1,0 +1,3 @@
+from glassgpt.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,113 @@
+"""`glassgpt bench`: speed on this machine, read against the machine's own measured matmul peak.
+
+- matmul: achieved GFLOP/s of a large square matmul per dtype (the practical peak).
+- train: forward + backward + optimiser step of a fresh model on random tokens; tokens/s,
+  ms/step and MFU = (FLOPs per token x tokens/s) / matmul peak.
+- decode: tokens/s generating with the KV cache (one token per forward) and without it (the
+  whole context re-run every token).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import torch
+
+from glassgpt import atomic, ui
+from glassgpt.device import measure_matmul, resolve_device, synchronize
+from glassgpt.engine import Engine
+from glassgpt.errors import UsageError
+from glassgpt.model.config import GPTConfig
+from glassgpt.model.gpt import GPT
+from glassgpt.model.scaling import flops_per_token
+from glassgpt.train.optim import OptimizerSettings, build_optimizers
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def run(args) -> int:
+    what = [w.strip() for w in args.what.split(",") if w.strip()]
+    dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()]
+    for item in what:
+        if item not in ("matmul", "train", "decode"):
+            raise UsageError(f"--what takes matmul, train, decode; not {item!r}")
+    for dtype in dtypes:
+        if dtype not in DTYPES:
+            raise UsageError(f"--dtype takes fp32, bf16; not {dtype!r}")
+    device = resolve_device(args.device)
+    config = GPTConfig.from_depth(args.depth, args.vocab_size, args.family, head_dim=args.head_dim,
+                                  sequence_len=args.seq_len)
+    out = ui.console()
+    out.print(f"[bold]bench[/] on {device.type} ({torch.get_num_threads()} threads), torch {torch.__version__}: "
+              f"{config.family} depth {config.n_layer}, width {config.n_embd}, {config.n_head} heads of "
+              f"{config.head_dim}, vocab {config.vocab_size:,}, seq {args.seq_len}, batch {args.batch_size}")
+    results: dict = {"config": config.to_dict(), "device": device.type, "threads": torch.get_num_threads()}
+    peaks: dict[str, float] = {}
+    if "matmul" in what or "train" in what:
+        for dtype in dtypes:
+            peaks[dtype] = measure_matmul(device, DTYPES[dtype], n=1024, seconds=1.0)
+            out.print(f"matmul peak {dtype}: [bold]{peaks[dtype]:,.1f}[/] GFLOP/s (1024 x 1024)")
+        results["matmul_gflops"] = peaks
+    if "train" in what:
+        results["train"] = {}
+        for dtype in dtypes:
+            for compiled in ([False, True] if args.compile else [False]):
+                r = bench_train(config, device, dtype, args.batch_size, args.seq_len, args.steps, compiled)
+                r["mfu"] = r["gflops"] / peaks[dtype]
+                label = dtype + (" compiled" if compiled else "")
+                results["train"][label] = r
+                out.print(f"train {label}: [bold]{r['tokens_per_sec']:,.0f}[/] tok/s, {r['ms_per_step']:.0f} ms/step, "
+                          f"{r['gflops']:.1f} GFLOP/s = MFU {100 * r['mfu']:.0f}% of the {dtype} matmul peak")
+    if "decode" in what:
+        results["decode"] = {}
+        for use_cache in (True, False):
+            rate = bench_decode(config, device, args.decode_tokens, use_cache)
+            results["decode"]["kv_cache" if use_cache else "no_cache"] = rate
+            out.print(f"decode {'with' if use_cache else 'without'} KV cache: [bold]{rate:,.0f}[/] tok/s "
+                      f"({args.decode_tokens} tokens, batch 1, fp32)")
+    if args.json_out:
+        atomic.write_text(args.json_out, json.dumps(results, indent=2))
+    return 0
+
+
+def bench_train(config: GPTConfig, device, dtype: str, batch_size: int, seq_len: int, steps: int,
+                compiled: bool = False, warmup: int = 3) -> dict:
+    torch.manual_seed(0)
+    model = GPT.build(config, device)
+    kind = "muon" if config.family == "nanochat" else "adamw"
+    optimizers = build_optimizers(model, OptimizerSettings(kind, 0.02, 0.2, 0.004, 0.004, 1e-3, 0.0, 0.8, 0.95))
+    step_model = torch.compile(model) if compiled else model
+    x = torch.randint(0, config.vocab_size, (batch_size, seq_len), device=device)
+    y = torch.randint(0, config.vocab_size, (batch_size, seq_len), device=device)
+    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16"
+                else torch.autocast(device.type, enabled=False))
+    for i in range(warmup + steps):
+        if i == warmup:
+            synchronize(device)
+            started = time.perf_counter()
+        with autocast:
+            loss = step_model(x, y)
+        loss.backward()
+        for optimizer in optimizers:
+            optimizer.step()
+        model.zero_grad(set_to_none=True)
+    synchronize(device)
+    seconds = (time.perf_counter() - started) / steps
+    tokens_per_sec = batch_size * seq_len / seconds
+    return {"tokens_per_sec": tokens_per_sec, "ms_per_step": 1000 * seconds,
+            "gflops": flops_per_token(config, seq_len) * tokens_per_sec / 1e9}
+
+
+def bench_decode(config: GPTConfig, device, tokens: int, use_cache: bool, prompt_len: int = 16) -> float:
+    torch.manual_seed(0)
+    model = GPT.build(config, device)
+    engine = Engine(model)
+    prompt = torch.randint(0, config.vocab_size, (prompt_len,)).tolist()
+    for _ in engine.generate(prompt, 8, temperature=0, use_cache=use_cache):  # warm up
+        pass
+    synchronize(device)
+    started = time.perf_counter()
+    count = sum(1 for _ in engine.generate(prompt, tokens, temperature=0, use_cache=use_cache))
+    synchronize(device)
+    return count / (time.perf_counter() - started)

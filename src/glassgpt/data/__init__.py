@@ -1,0 +1,2 @@
+"""Text in, batches out: corpora (`sources`), downloads (`download`), token shards (`shards`),
+and the training batch loader (`loader`)."""

@@ -1,0 +1,259 @@
+"""Where text comes from: named public corpora (downloaded on demand) and the user's own files.
+
+`resolve(spec)` turns a `--data` value into a `Corpus`: its documents, split into train and val.
+
+    tinyshakespeare        karpathy/char-rnn's 1.1 MB of Shakespeare (the default)
+    fineweb-edu[:N]        N parquet shards (~100 MB each) of FineWeb-Edu, default 1
+    path/to/file.txt       one document (any other extension is read as text too)
+    path/to/file.jsonl     one document per line: a JSON object with a "text" field
+    path/to/file.parquet   one document per row of its "text" column
+    path/to/folder         every .txt/.md/.jsonl/.parquet file under it, in sorted order
+    'data/*.jsonl'         a glob pattern
+
+Split rule: a corpus of one document is split by character, first 90% train, last 10% val (for
+tinyshakespeare this is exactly nanoGPT's split, so bits per byte compare with its val loss).
+A corpus of several documents puts its last 10% of documents (at least one) in val.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from glassgpt.data import download
+from glassgpt.errors import GlassError, UsageError
+
+TRAIN_FRACTION = 0.9
+TEXT_SUFFIXES = (".txt", ".md", ".text")
+DOC_SUFFIXES = TEXT_SUFFIXES + (".jsonl", ".parquet")
+
+
+@dataclass(frozen=True)
+class RemoteFile:
+    relpath: str  # path under the data cache, and under a mirror
+    url: str
+    sha256: str | None = None
+
+
+@dataclass
+class Corpus:
+    """A body of text split into train and val documents. `key` names its cache folders."""
+
+    key: str
+    description: str
+    train: Callable[[], Iterator[str]]
+    val: Callable[[], Iterator[str]]
+    sample_prompts: tuple[str, ...] = ("",)
+    prepare: Callable[[], object] = field(default=lambda: None)  # download what is missing
+
+
+# -- the registry ------------------------------------------------------------------------------
+
+TINYSHAKESPEARE = RemoteFile(
+    "tinyshakespeare/input.txt",
+    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+    "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
+)
+FINEWEB_EDU_SHARDS = 1823  # karpathy/fineweb-edu-100b-shuffle: shard_00000 … shard_01822
+FINEWEB_EDU_VAL_DOCS = 2000  # of the last shard: enough for a stable bpb, quick on a CPU
+
+
+def fineweb_edu_shard(index: int) -> RemoteFile:
+    name = f"shard_{index:05d}.parquet"
+    return RemoteFile(
+        f"fineweb-edu/{name}",
+        f"https://huggingface.co/datasets/karpathy/fineweb-edu-100b-shuffle/resolve/main/{name}",
+    )
+
+
+REGISTRY: dict[str, str] = {
+    "tinyshakespeare": "40,000 lines of Shakespeare, 1.1 MB (karpathy/char-rnn); split 90/10 by character",
+    "fineweb-edu": f"FineWeb-Edu, parquet shards of ~100 MB; 'fineweb-edu:N' uses N train shards; "
+                   f"val = first {FINEWEB_EDU_VAL_DOCS} documents of the last shard",
+}
+
+
+def registered_files(name: str, shards: int = 1) -> list[RemoteFile]:
+    """The remote files behind a registered corpus."""
+    if name == "tinyshakespeare":
+        return [TINYSHAKESPEARE]
+    if name == "fineweb-edu":
+        return [fineweb_edu_shard(i) for i in range(shards)] + [fineweb_edu_shard(FINEWEB_EDU_SHARDS - 1)]
+    raise UsageError(f"unknown corpus {name!r}; registered corpora: {', '.join(REGISTRY)}")
+
+
+def fetch_all(files: list[RemoteFile]) -> list[Path]:
+    return [download.fetch(f.relpath, f.url, f.sha256) for f in files]
+
+
+# -- resolving a --data value ------------------------------------------------------------------
+
+
+def resolve(spec: str) -> Corpus:
+    """The corpus named by `spec` (see the module docstring for the forms it takes)."""
+    spec = (spec or "").strip()
+    if not spec:
+        raise UsageError("--data is empty: give a corpus name (tinyshakespeare, fineweb-edu) or a path")
+    name, _, count = spec.partition(":")
+    if name == "tinyshakespeare" and not count:
+        return _tinyshakespeare()
+    if name == "fineweb-edu":
+        return _fineweb_edu(_shard_count(count or "1"))
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DOC_SUFFIXES)
+        if not files:
+            raise GlassError(f"folder {path} holds no {'/'.join(DOC_SUFFIXES)} files")
+        return _user_corpus(files, label=path.name or str(path))
+    if path.is_file():
+        return _user_corpus([path], label=path.stem)
+    if any(ch in spec for ch in "*?["):
+        files = sorted(Path(p) for p in glob.glob(os.path.expanduser(spec), recursive=True) if Path(p).is_file())
+        if not files:
+            raise GlassError(f"no files match {spec!r}")
+        return _user_corpus(files, label="glob")
+    raise UsageError(
+        f"unknown data source {spec!r}: not a registered corpus ({', '.join(REGISTRY)}) "
+        "and no file or folder by that name"
+    )
+
+
+def _shard_count(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) < FINEWEB_EDU_SHARDS:
+        raise UsageError(f"fineweb-edu:N needs N between 1 and {FINEWEB_EDU_SHARDS - 1}, not {text!r}")
+    return int(text)
+
+
+def split_point(n_chars: int) -> int:
+    return int(n_chars * TRAIN_FRACTION)
+
+
+def _tinyshakespeare() -> Corpus:
+    cache: dict[str, str] = {}
+
+    def text() -> str:
+        if "text" not in cache:
+            cache["text"] = _read_text(fetch_all([TINYSHAKESPEARE])[0])
+        return cache["text"]
+
+    return Corpus(
+        key="tinyshakespeare",
+        description=REGISTRY["tinyshakespeare"],
+        train=lambda: iter([text()[: split_point(len(text()))]]),
+        val=lambda: iter([text()[split_point(len(text())):]]),
+        sample_prompts=("ROMEO:\n", "JULIET:\nO ", "First Citizen:\n"),
+        prepare=lambda: fetch_all([TINYSHAKESPEARE]),
+    )
+
+
+def _fineweb_edu(shards: int) -> Corpus:
+    files = registered_files("fineweb-edu", shards)
+    train_files, val_file = files[:-1], files[-1]
+
+    def train() -> Iterator[str]:
+        for path in fetch_all(train_files):
+            yield from _parquet_texts(path)
+
+    def val() -> Iterator[str]:
+        for i, text in enumerate(_parquet_texts(fetch_all([val_file])[0])):
+            if i >= FINEWEB_EDU_VAL_DOCS:
+                return
+            yield text
+
+    return Corpus(
+        key=f"fineweb-edu-{shards}",
+        description=f"FineWeb-Edu, {shards} train shard(s)",
+        train=train,
+        val=val,
+        sample_prompts=("The capital of France is", "Photosynthesis is", "In 1492,"),
+        prepare=lambda: fetch_all(files),
+    )
+
+
+def _user_corpus(files: list[Path], label: str) -> Corpus:
+    """The user's own files. Read once, kept in memory (laptop-sized data)."""
+    fingerprint = hashlib.sha256()
+    for path in files:
+        stat = path.stat()
+        fingerprint.update(f"{path.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}\0".encode())
+    documents: list[str] = []
+
+    def load() -> list[str]:
+        if not documents:
+            for path in files:
+                documents.extend(_documents_of(path))
+        return documents
+
+    def part(train: bool) -> Iterator[str]:
+        docs = load()
+        if len(docs) == 1:
+            cut = split_point(len(docs[0]))
+            return iter([docs[0][:cut] if train else docs[0][cut:]])
+        n_val = max(1, round(len(docs) * (1 - TRAIN_FRACTION)))
+        return iter(docs[:-n_val] if train else docs[-n_val:])
+
+    slug = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in label)[:40] or "data"
+    return Corpus(
+        key=f"{slug}-{fingerprint.hexdigest()[:10]}",
+        description=f"{len(files)} file(s): {', '.join(str(p) for p in files[:3])}{' …' if len(files) > 3 else ''}",
+        train=lambda: part(True),
+        val=lambda: part(False),
+    )
+
+
+def _documents_of(path: Path) -> Iterator[str]:
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        yield from _jsonl_texts(path)
+    elif suffix == ".parquet":
+        yield from _parquet_texts(path)
+    else:
+        yield _read_text(path)
+
+
+def _read_text(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise GlassError(
+            f"{path} is not valid UTF-8 (byte 0x{data[error.start]:02x} at offset {error.start}); "
+            f"convert it first, e.g. iconv -f latin1 -t utf-8 {path.name} > {path.stem}.utf8.txt"
+        ) from None
+
+
+def _jsonl_texts(path: Path) -> Iterator[str]:
+    for line_no, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise GlassError(f"{path}:{line_no} is not valid JSON ({error.msg})") from None
+        if isinstance(record, str):
+            yield record
+        elif isinstance(record, dict) and isinstance(record.get("text"), str):
+            yield record["text"]
+        else:
+            raise GlassError(f'{path}:{line_no} has no "text" string field (each line must be {{"text": "..."}})')
+
+
+def _parquet_texts(path: Path) -> Iterator[str]:
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(path)
+    except Exception as error:  # pyarrow raises several types for a damaged file
+        raise GlassError(f"{path} is not a readable parquet file ({error})") from None
+    columns = parquet.schema_arrow.names
+    if "text" not in columns:
+        raise GlassError(f"{path} has no 'text' column (columns: {', '.join(columns)})")
+    for batch in parquet.iter_batches(columns=["text"], batch_size=1024):
+        for text in batch.column(0).to_pylist():
+            if text:
+                yield text

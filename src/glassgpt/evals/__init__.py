@@ -1,0 +1,1 @@
+"""Evaluations. `bpb`: bits per byte on held-out text, the tokenizer-independent language-model score."""

@@ -1,0 +1,389 @@
+"""The reference GPT: one readable file, read top to bottom.
+
+    Norm → rotary embedding → CausalSelfAttention → MLP → Block → GPT (+ KVCache for generation)
+
+Training, tracing, the learner's grader and the experiments all run this code. Every operation
+passes through a named trace point (`tap`), which costs one global check when nobody is watching.
+
+Shapes: B batch, T time (tokens), C n_embd, H query heads, Hkv key/value heads, D head_dim,
+V vocab_size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from glassgpt.model import taps
+from glassgpt.model.config import GPTConfig
+from glassgpt.model.taps import tap
+
+NORM_EPS = 1e-5
+
+
+class Norm(nn.Module):
+    """RMSNorm, LayerNorm or nothing, over the last dimension; optionally with a learned gain
+    (and a LayerNorm bias when the model has biases)."""
+
+    def __init__(self, dim: int, kind: str = "rms", affine: bool = False, bias: bool = False):
+        super().__init__()
+        self.dim, self.kind = dim, kind
+        self.weight = nn.Parameter(torch.ones(dim)) if affine and kind != "none" else None
+        self.bias = nn.Parameter(torch.zeros(dim)) if affine and bias and kind == "layer" else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "rms":  # x / sqrt(mean(x²) + eps): unit root-mean-square, no centring
+            return F.rms_norm(x, (self.dim,), self.weight, NORM_EPS)
+        if self.kind == "layer":  # (x - mean) / sqrt(var + eps): zero mean, unit variance
+            return F.layer_norm(x, (self.dim,), self.weight, self.bias, NORM_EPS)
+        return x
+
+
+# ---------------------------------------------------------------------------------------------
+# Rotary position embedding (RoPE): position enters attention by rotating q and k, so that
+# q_i · k_j depends only on their offset i - j. Dimension pairs (d, d + D/2) turn at
+# frequency base^(-2d/D) radians per token: fast pairs see local order, slow pairs far context.
+
+
+def rotary_tables(seq_len: int, head_dim: int, base: float = 10000.0, device=None):
+    """cos and sin of every (position, frequency) angle, each (seq_len, head_dim / 2), fp32."""
+    frequencies = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)
+    positions = torch.arange(seq_len, dtype=torch.float32, device=device)
+    angles = torch.outer(positions, frequencies)  # (seq_len, D/2)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate each pair (x[..., d], x[..., d + D/2]) of x (B, T, H, D) by its angle.
+
+    cos and sin are (T, D/2), already sliced to the positions of x. The two halves pairing
+    (as in GPT-NeoX and nanochat) avoids interleaving, so each half is one contiguous slice.
+    """
+    half = x.shape[-1] // 2
+    x1, x2 = x[..., :half], x[..., half:]  # (B, T, H, D/2) each
+    cos, sin = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)  # (T, 1, D/2)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)  # (B, T, H, D)
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head attention with grouped key/value heads (GQA; MQA when n_kv_head = 1).
+
+    Each of the H query heads reads from key/value head h // (H / Hkv). The fast path is
+    `scaled_dot_product_attention`; when a tracer asks for scores or patterns, the same
+    computation runs explicitly so they can be shown (a test checks both paths agree).
+    """
+
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        self.use_rope, self.causal, self.dropout = config.position == "rope", config.causal, config.dropout
+        self.scale = 1.0 / (config.attn_temperature * math.sqrt(self.head_dim))
+        C, D = config.n_embd, self.head_dim
+        self.c_q = nn.Linear(C, self.n_head * D, bias=config.bias)
+        self.c_k = nn.Linear(C, self.n_kv_head * D, bias=config.bias)
+        self.c_v = nn.Linear(C, self.n_kv_head * D, bias=config.bias)
+        self.c_proj = nn.Linear(self.n_head * D, C, bias=config.bias)
+        self.q_norm = Norm(D, "rms", config.norm_affine) if config.qk_norm else None
+        self.k_norm = Norm(D, "rms", config.norm_affine) if config.qk_norm else None
+        p = f"blocks.{layer_idx}.attn."
+        self.names = {n: p + n for n in (
+            "q", "k", "v", "q_rot", "k_rot", "q_norm", "k_norm", "k_rep", "v_rep",
+            "scores", "scores_masked", "pattern", "z", "out")}
+        self._explicit_names = [self.names[n] for n in ("k_rep", "v_rep", "scores", "scores_masked", "pattern")]
+
+    def forward(self, x, cos, sin, kv_cache: "KVCache | None" = None) -> torch.Tensor:
+        """x: the normalised stream (B, T, C); cos/sin: rotary tables for these T positions."""
+        B, T, _ = x.shape
+        names = self.names
+        q = tap(names["q"], self.c_q(x).view(B, T, self.n_head, self.head_dim))  # (B, T, H, D)
+        k = tap(names["k"], self.c_k(x).view(B, T, self.n_kv_head, self.head_dim))  # (B, T, Hkv, D)
+        v = tap(names["v"], self.c_v(x).view(B, T, self.n_kv_head, self.head_dim))  # (B, T, Hkv, D)
+        if self.use_rope:  # only q and k carry position: v is the content that gets moved
+            q = tap(names["q_rot"], apply_rotary(q, cos, sin))
+            k = tap(names["k_rot"], apply_rotary(k, cos, sin))
+        if self.q_norm is not None:  # bounds q·k, so no logit can blow up the softmax
+            q = tap(names["q_norm"], self.q_norm(q))
+            k = tap(names["k_norm"], self.k_norm(k))
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H|Hkv, T, D)
+        offset = 0
+        if kv_cache is not None:  # append this chunk's keys/values, attend over all so far
+            offset = kv_cache.pos
+            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, Hkv, offset + T, D)
+        if any(taps.wants(n) for n in self._explicit_names):
+            z = self._explicit_attention(q, k, v, offset)
+        else:
+            z = self._fast_attention(q, k, v, offset)
+        z = tap(names["z"], z.transpose(1, 2))  # (B, T, H, D): each head's output
+        out = self.c_proj(z.reshape(B, T, self.n_head * self.head_dim))  # heads concatenated (B, T, C)
+        return tap(names["out"], F.dropout(out, self.dropout, self.training))
+
+    def _causal_mask(self, T: int, offset: int, device) -> torch.Tensor:
+        """(T, offset + T) bool, True where query i (at position offset + i) may see key j."""
+        query_pos = torch.arange(offset, offset + T, device=device)[:, None]
+        key_pos = torch.arange(offset + T, device=device)[None, :]
+        return key_pos <= query_pos
+
+    def _fast_attention(self, q, k, v, offset: int) -> torch.Tensor:
+        T = q.shape[2]
+        mask, is_causal = None, False
+        if self.causal and T > 1:  # one new token may see every cached key: no mask needed
+            if offset == 0:
+                is_causal = True
+            else:
+                mask = self._causal_mask(T, offset, q.device)
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, is_causal=is_causal, scale=self.scale,
+            dropout_p=self.dropout if self.training else 0.0,
+            enable_gqa=self.n_kv_head != self.n_head,
+        )  # (B, H, T, D)
+
+    def _explicit_attention(self, q, k, v, offset: int) -> torch.Tensor:
+        names, T = self.names, q.shape[2]
+        group = self.n_head // self.n_kv_head
+        k = tap(names["k_rep"], k.repeat_interleave(group, dim=1))  # (B, H, Tk, D)
+        v = tap(names["v_rep"], v.repeat_interleave(group, dim=1))  # (B, H, Tk, D)
+        scores = tap(names["scores"], (q @ k.transpose(-2, -1)) * self.scale)  # (B, H, T, Tk)
+        if self.causal:
+            allowed = self._causal_mask(T, offset, q.device)
+            scores = tap(names["scores_masked"], scores.masked_fill(~allowed, float("-inf")))
+        pattern = tap(names["pattern"], scores.softmax(dim=-1))  # (B, H, T, Tk), rows sum to 1
+        pattern = F.dropout(pattern, self.dropout, self.training)
+        return pattern @ v  # (B, H, T, D)
+
+
+class MLP(nn.Module):
+    """Per-token feed-forward: expand to mlp_ratio x C, non-linearity, project back."""
+
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, config.mlp_hidden, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
+        self.activation, self.dropout = config.activation, config.dropout
+        p = f"blocks.{layer_idx}.mlp."
+        self.names = {n: p + n for n in ("up", "act", "out")}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = tap(self.names["up"], self.c_fc(x))  # (B, T, 4C)
+        h = tap(self.names["act"], activate(h, self.activation))  # (B, T, 4C)
+        out = self.c_proj(h)  # (B, T, C)
+        return tap(self.names["out"], F.dropout(out, self.dropout, self.training))
+
+
+def activate(x: torch.Tensor, kind: str) -> torch.Tensor:
+    if kind == "relu2":  # ReLU squared: sparse like ReLU, smooth at 0 on the positive side
+        return F.relu(x).square()
+    if kind == "gelu":  # GPT-2's tanh approximation
+        return F.gelu(x, approximate="tanh")
+    if kind == "relu":
+        return F.relu(x)
+    return F.silu(x)
+
+
+class Block(nn.Module):
+    """One transformer block. Pre-norm: x = x + attn(norm(x)); x = x + mlp(norm(x)).
+    Post-norm: x = norm(x + attn(x)); x = norm(x + mlp(x)). Without residual: x = f(...)."""
+
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        norm_args = (config.n_embd, config.norm, config.norm_affine, config.bias)
+        self.norm_1, self.attn = Norm(*norm_args), CausalSelfAttention(config, layer_idx)
+        self.norm_2, self.mlp = Norm(*norm_args), MLP(config, layer_idx)
+        self.pre_norm, self.residual = config.norm_placement == "pre", config.residual
+        p = f"blocks.{layer_idx}."
+        self.names = {n: p + n for n in ("resid.pre", "attn.norm", "resid.mid", "mlp.norm", "resid.post")}
+
+    def forward(self, x, cos, sin, kv_cache: "KVCache | None" = None) -> torch.Tensor:
+        names = self.names
+        x = tap(names["resid.pre"], x)  # (B, T, C)
+        if self.pre_norm:
+            h = self.attn(tap(names["attn.norm"], self.norm_1(x)), cos, sin, kv_cache)
+            x = tap(names["resid.mid"], x + h if self.residual else h)
+            h = self.mlp(tap(names["mlp.norm"], self.norm_2(x)))
+            return tap(names["resid.post"], x + h if self.residual else h)
+        h = self.attn(x, cos, sin, kv_cache)
+        x = tap(names["resid.mid"], tap(names["attn.norm"], self.norm_1(x + h if self.residual else h)))
+        h = self.mlp(x)
+        return tap(names["resid.post"], tap(names["mlp.norm"], self.norm_2(x + h if self.residual else h)))
+
+
+class GPT(nn.Module):
+    """Token ids (B, T) → logits (B, T, V), or → the loss when targets are given.
+
+    Build on the meta device (no memory, no time), then `to_empty` and `init_weights`:
+
+        with torch.device("meta"):
+            model = GPT(config)
+        model.to_empty(device="cpu"); model.init_weights()
+
+    `GPT.build(config, device)` does exactly that.
+    """
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config.validate()
+        C = config.n_embd
+        self.wte = nn.Embedding(config.vocab_size, C)
+        self.wpe = nn.Embedding(config.sequence_len, C) if config.position == "learned" else None
+        self.embed_norm = Norm(C, config.norm, config.norm_affine, config.bias) if config.embed_norm else None
+        self.blocks = nn.ModuleList(Block(config, i) for i in range(config.n_layer))
+        # Post-norm blocks already end in a norm, so a final one would normalise twice.
+        self.final_norm = Norm(C, config.norm if config.norm_placement == "pre" else "none",
+                               config.norm_affine, config.bias)
+        # Tied: the head reuses wte.weight (see `forward`), so there is one matrix, counted once.
+        self.lm_head = None if config.tie_embeddings else nn.Linear(C, config.vocab_size, bias=False)
+        # Rotary tables are functions of position, not learned: buffers, rebuilt on load rather
+        # than saved (persistent=False), so a checkpoint holds only what training changed.
+        cos, sin = rotary_tables(config.sequence_len, config.head_dim, config.rope_base)
+        self.register_buffer("rotary_cos", cos, persistent=False)  # (sequence_len, D/2)
+        self.register_buffer("rotary_sin", sin, persistent=False)
+
+    @classmethod
+    def build(cls, config: GPTConfig, device: str | torch.device = "cpu", init: bool = True) -> "GPT":
+        with torch.device("meta"):
+            model = cls(config)
+        model.to_empty(device=device)
+        model.init_buffers()
+        if init:
+            model.init_weights()
+        return model
+
+    def init_buffers(self) -> None:
+        device = self.wte.weight.device
+        cos, sin = rotary_tables(self.config.sequence_len, self.config.head_dim, self.config.rope_base, device)
+        self.rotary_cos.copy_(cos)
+        self.rotary_sin.copy_(sin)
+
+    @torch.no_grad()
+    def init_weights(self, seed: int | None = None) -> None:
+        """Initialise every tensor. With family "nanochat" (fan-in scaled):
+
+        - wte.weight: normal(0, 1) — the embedding norm rescales it anyway; normal(0, 0.02)
+          when tied, because the same matrix then produces the logits.
+        - wpe.weight (learned positions only): same std as wte.
+        - c_q, c_k, c_v, c_fc weights: normal(0, s), s = min(1, sqrt(fan_out/fan_in)) / sqrt(fan_in),
+          so each output starts with about unit variance.
+        - attn.c_proj, mlp.c_proj weights: zeros when zero_init_out (each block starts as the
+          identity on the residual stream), otherwise like c_q.
+        - lm_head.weight: zeros when zero_init_out (the first prediction is uniform: loss = ln V),
+          otherwise like c_q.
+
+        With family "gpt2": every Linear and Embedding weight normal(0, 0.02); the two c_proj
+        weights normal(0, 0.02 / sqrt(2 n_layer)) (two residual adds per block), or zeros when
+        zero_init_out.
+
+        Both families: biases zeros; norm gains ones, norm biases zeros; rotary tables computed.
+        """
+        if seed is not None:
+            torch.manual_seed(seed)
+        config = self.config
+        gpt2 = config.family == "gpt2"
+
+        def init_linear(linear: nn.Linear, zero: bool = False, std: float | None = None) -> None:
+            fan_out, fan_in = linear.weight.shape
+            if zero:
+                nn.init.zeros_(linear.weight)
+            else:
+                if std is None:
+                    std = 0.02 if gpt2 else min(1.0, math.sqrt(fan_out / fan_in)) / math.sqrt(fan_in)
+                nn.init.normal_(linear.weight, 0.0, std)
+            if linear.bias is not None:
+                nn.init.zeros_(linear.bias)
+
+        embed_std = 0.02 if (gpt2 or config.tie_embeddings) else 1.0
+        nn.init.normal_(self.wte.weight, 0.0, embed_std)
+        if self.wpe is not None:
+            nn.init.normal_(self.wpe.weight, 0.0, embed_std)
+        proj_std = 0.02 / math.sqrt(2 * config.n_layer) if gpt2 else None
+        for block in self.blocks:
+            for linear in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.mlp.c_fc):
+                init_linear(linear)
+            init_linear(block.attn.c_proj, zero=config.zero_init_out, std=proj_std)
+            init_linear(block.mlp.c_proj, zero=config.zero_init_out, std=proj_std)
+        if self.lm_head is not None:
+            init_linear(self.lm_head, zero=config.zero_init_out)
+        for module in self.modules():
+            if isinstance(module, Norm):
+                if module.weight is not None:
+                    nn.init.ones_(module.weight)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        self.init_buffers()
+
+    def forward(self, idx, targets=None, kv_cache: "KVCache | None" = None, loss_reduction: str = "mean"):
+        """idx (B, T) int64 → logits (B, T, V) fp32; with targets (B, T) → the loss.
+
+        Targets equal to -1 are ignored. loss_reduction "mean" averages over the counted targets
+        (0, not NaN, when none count), "sum" adds them, "none" returns the (B, T) losses.
+        """
+        B, T = idx.shape
+        offset = kv_cache.pos if kv_cache is not None else 0
+        if offset + T > self.config.sequence_len:
+            raise ValueError(
+                f"sequence of {offset + T} tokens exceeds the model's sequence_len {self.config.sequence_len}"
+            )
+        x = tap("embed.tok", self.wte(idx))  # (B, T, C)
+        if self.wpe is not None:
+            x = x + tap("embed.pos", self.wpe.weight[offset:offset + T])  # (T, C) broadcast over B
+        x = F.dropout(x, self.config.dropout, self.training)
+        if self.embed_norm is not None:
+            x = tap("embed.norm", self.embed_norm(x))
+        cos, sin = self.rotary_cos[offset:offset + T], self.rotary_sin[offset:offset + T]  # (T, D/2)
+        for block in self.blocks:
+            x = block(x, cos, sin, kv_cache)
+        if kv_cache is not None:
+            kv_cache.advance(T)
+        x = tap("final.norm", self.final_norm(x))
+        head_weight = self.wte.weight if self.lm_head is None else self.lm_head.weight
+        logits = tap("lm_head.logits_raw", F.linear(x, head_weight).float())  # (B, T, V)
+        if self.config.softcap is not None:  # smoothly bound logits to (-c, c)
+            cap = self.config.softcap
+            logits = cap * torch.tanh(logits / cap)
+        logits = tap("lm_head.logits", logits)
+        if targets is None:
+            return logits
+        losses = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
+                                 ignore_index=-1, reduction="none").view(B, T)
+        losses = tap("loss.per_token", losses)  # (B, T), 0 where the target is ignored
+        if loss_reduction == "none":
+            return losses
+        total = losses.sum()
+        if loss_reduction == "sum":
+            return total
+        counted = (targets != -1).sum()
+        return tap("loss", total / counted.clamp(min=1))
+
+
+class KVCache:
+    """Keys and values of every layer for the tokens seen so far, preallocated for `max_len`.
+
+    Generation runs a prefill (the prompt, many tokens) then one-token decode steps; each layer
+    writes its new keys/values at [pos, pos + T) and attends over [0, pos + T). `GPT.forward`
+    advances `pos` once all layers have written.
+    """
+
+    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype=torch.float32):
+        shape = (config.n_layer, batch_size, config.n_kv_head, max_len, config.head_dim)
+        self.keys = torch.empty(shape, device=device, dtype=dtype)  # (L, B, Hkv, max_len, D)
+        self.values = torch.empty(shape, device=device, dtype=dtype)
+        self.max_len, self.pos = max_len, 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
+        end = self.pos + k.shape[2]
+        if end > self.max_len:
+            raise ValueError(f"KV cache full: {end} tokens > max_len {self.max_len}")
+        self.keys[layer, :, :, self.pos:end] = k
+        self.values[layer, :, :, self.pos:end] = v
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def advance(self, n: int) -> None:
+        self.pos += n
+
+    def reset(self) -> None:
+        self.pos = 0

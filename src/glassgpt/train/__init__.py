@@ -1,0 +1,1 @@
+"""Training: optimisers and schedules (`optim`), checkpoints (`checkpoint`), the loop (`loop`)."""

@@ -1,0 +1,134 @@
+"""Checkpoints: everything needed to continue a run exactly, written so a crash never leaves half.
+
+    runs/<run>/checkpoints/step-000500/
+        model.safetensors   weights (safetensors: plain tensors, no pickle, safe to share)
+        optimizer.pt        optimiser state; tensors and numbers only, loaded with weights_only=True
+        state.json          step, loader cursor, RNG states, timing, sha256 of the two files above
+
+A checkpoint folder is written under a temp name and renamed when complete; `state.json`'s
+checksums catch a file damaged later (a truncated copy, a disk error).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from glassgpt import atomic
+from glassgpt.errors import GlassError
+
+_STEP_DIR = re.compile(r"^step-(\d{6,})$")
+
+
+def checkpoints_dir(run_dir: Path) -> Path:
+    return run_dir / "checkpoints"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoint folders, oldest first."""
+    folder = checkpoints_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if p.is_dir() and (m := _STEP_DIR.match(p.name))]
+    return [p for _, p in sorted(found)]
+
+
+def latest(run_dir: Path) -> Path | None:
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def save(run_dir: Path, step: int, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
+         state: dict, keep: int) -> Path:
+    folder = checkpoints_dir(run_dir) / f"step-{step:06d}"
+    with atomic.atomic_dir(folder) as tmp:
+        weights = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
+        save_file(weights, tmp / "model.safetensors", metadata={"step": str(step)})
+        torch.save({"optimizers": [o.state_dict() for o in optimizers]}, tmp / "optimizer.pt")
+        state = dict(state, step=step, rng=_rng_state(), files={
+            name: _sha256(tmp / name) for name in ("model.safetensors", "optimizer.pt")})
+        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return folder
+
+
+def read_state(folder: Path, verify: bool = True) -> dict:
+    """state.json of a checkpoint, after checking its files against the recorded checksums."""
+    try:
+        state = json.loads((folder / "state.json").read_text())
+    except FileNotFoundError:
+        raise GlassError(f"checkpoint {folder} is incomplete (no state.json); delete it to use an earlier one") from None
+    except ValueError as error:
+        raise GlassError(f"checkpoint {folder} is damaged (state.json: {error}); delete it to use an earlier one") from None
+    if verify:
+        for name, expected in state.get("files", {}).items():
+            path = folder / name
+            if not path.exists():
+                raise GlassError(f"checkpoint {folder} is incomplete ({name} is missing); delete it to use an earlier one")
+            if _sha256(path) != expected:
+                raise GlassError(f"checkpoint {folder} is damaged ({name} does not match its checksum); "
+                                 "delete it to use an earlier one")
+    return state
+
+
+def load_weights(folder: Path, model: torch.nn.Module) -> None:
+    """Load model.safetensors into `model`, strictly: every weight present, every shape equal."""
+    try:
+        weights = load_file(folder / "model.safetensors", device=str(next(model.parameters()).device))
+    except (SafetensorError, OSError, ValueError) as error:
+        raise GlassError(f"cannot read {folder / 'model.safetensors'} ({error}); the checkpoint is damaged") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    misshaped = [n for n in expected if n in weights and weights[n].shape != expected[n].shape]
+    if missing or unexpected or misshaped:
+        parts = [f"missing {', '.join(missing[:4])}" if missing else "",
+                 f"unexpected {', '.join(unexpected[:4])}" if unexpected else "",
+                 f"wrong shape {', '.join(misshaped[:4])}" if misshaped else ""]
+        raise GlassError(f"checkpoint {folder} does not fit this model ({'; '.join(p for p in parts if p)})")
+    model.load_state_dict(weights, strict=True)
+
+
+def load_optimizers(folder: Path, optimizers: list[torch.optim.Optimizer]) -> None:
+    try:
+        saved = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
+        states = saved["optimizers"]
+        if len(states) != len(optimizers):
+            raise ValueError(f"{len(states)} optimiser states for {len(optimizers)} optimisers")
+        for optimizer, state in zip(optimizers, states):
+            optimizer.load_state_dict(state)
+    except (OSError, RuntimeError, ValueError, KeyError, EOFError) as error:
+        raise GlassError(f"cannot restore the optimiser from {folder / 'optimizer.pt'} ({error})") from None
+
+
+def restore_rng(state: dict) -> None:
+    rng = state.get("rng", {})
+    if "torch" in rng:
+        torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(rng["torch"])), dtype=torch.uint8))
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([
+            torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8) for s in rng["cuda"]])
+
+
+def _rng_state() -> dict:
+    state = {"torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+    if torch.cuda.is_available():
+        state["cuda"] = [base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()]
+    return state
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

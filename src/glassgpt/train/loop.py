@@ -1,0 +1,426 @@
+"""The training loop: data → tokenizer → shards → model → steps → evals → checkpoints.
+
+    step k:  lr = initial_lr x lr_multiplier(k)
+             accumulate gradients over grad_accum_steps micro-batches (= total_batch_size tokens)
+             clip the global gradient norm, optimiser step, zero the gradients
+             every eval_every steps: val bits per byte on the whole val split, and samples
+             every checkpoint_every steps: an atomic checkpoint
+
+Resuming restores the weights, optimiser state, loader cursor and RNG state of the newest
+checkpoint, so the continued run computes exactly what an uninterrupted one would have. The first
+Ctrl-C (or SIGTERM) finishes the current step, saves a checkpoint and returns; a second one stops
+at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from glassgpt import atomic, device as devices, paths, ui
+from glassgpt.config import TrainConfig
+from glassgpt.data import shards as token_shards
+from glassgpt.data import sources
+from glassgpt.data.loader import TokenLoader
+from glassgpt.engine import Engine, complete
+from glassgpt.errors import GlassError, UsageError
+from glassgpt.evals.bpb import evaluate_bpb
+from glassgpt.model.gpt import GPT
+from glassgpt.tokenizer import Tokenizer, tokenizer_path, train_and_save
+from glassgpt.train import checkpoint
+from glassgpt.train.optim import (OptimizerSettings, build_optimizers, lr_multiplier, muon_momentum,
+                                  set_learning_rates)
+
+# Fields that may change when a run is resumed: they do not change what the run computes (except
+# max_steps, which lengthens the schedule; the continuation is then exact only up to that change).
+RESUME_OVERRIDABLE = {"max_steps", "device", "dtype", "compile", "eval_every", "eval_batch_size",
+                      "sample_tokens", "checkpoint_every", "keep_checkpoints", "log_every"}
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    val_bpb: float | None
+    samples: list[str]
+    interrupted: bool
+    train_seconds: float
+
+
+# -- configuration of a new or resumed run -------------------------------------------------------
+
+
+def resumed_config(run: str, flags: dict) -> TrainConfig:
+    """The saved config of `run`, with the flags that may change on resume applied."""
+    from glassgpt.config import apply, canonical_key
+
+    run_dir = paths.run_dir(run)
+    saved = read_run_config(run_dir)
+    config = TrainConfig(**{k: v for k, v in saved["train"].items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+    changed = apply(config, flags)
+    for key in flags:
+        name = canonical_key(key)
+        if name == "run":
+            continue
+        before = getattr(config, name, config.model.get(name))
+        after = getattr(changed, name, changed.model.get(name))
+        if before != after and name not in RESUME_OVERRIDABLE:
+            raise UsageError(
+                f"--{name.replace('_', '-')} differs from the run's saved config ({before!r} → {after!r}); "
+                f"--resume continues the run as it was: drop the flag, or start a new --run"
+            )
+    return changed.validate()
+
+
+def read_run_config(run_dir: Path) -> dict:
+    path = run_dir / "config.json"
+    if not path.exists():
+        runs = sorted(p.name for p in paths.runs_dir().glob("*") if (p / "config.json").exists())
+        listing = f"; existing runs: {', '.join(runs[:10])}" if runs else "; no runs yet (glassgpt train --run NAME)"
+        raise GlassError(f"no run named {run_dir.name!r} in {paths.runs_dir()}{listing}")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as error:
+        raise GlassError(f"{path} is damaged ({error})") from None
+
+
+def check_writable(path: Path) -> None:
+    """Fail before doing any work if `path` could not be created or written."""
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+        raise GlassError(f"cannot write to {path}: {probe} is not a writable folder "
+                         "(set GLASSGPT_HOME to a folder you can write to)")
+
+
+# -- data and tokenizer --------------------------------------------------------------------------
+
+
+def default_tokenizer_name(corpus: sources.Corpus, vocab_size: int) -> str:
+    return f"{corpus.key}-{vocab_size}"
+
+
+def prepare_tokenizer(config: TrainConfig, corpus: sources.Corpus, say=print) -> Tokenizer:
+    """The run's tokenizer: the named one, or the corpus's default one (trained if missing)."""
+    name = config.tokenizer or default_tokenizer_name(corpus, config.vocab_size)
+    path = tokenizer_path(name)
+    if path.exists():
+        tokenizer = Tokenizer.load(path)
+    elif config.tokenizer:
+        raise GlassError(f"no tokenizer named {name!r}; train it with: glassgpt tokenizer train "
+                         f"--data {config.data} --vocab-size {config.vocab_size} --name {name}")
+    else:
+        started = time.perf_counter()
+        tokenizer = train_and_save(name, corpus.train(), config.vocab_size)
+        say(f"trained tokenizer [bold]{name}[/] (vocab {tokenizer.vocab_size:,}) in "
+            f"{time.perf_counter() - started:.1f}s → {path}")
+    if tokenizer.vocab_size != config.vocab_size:
+        raise UsageError(f"tokenizer {name!r} has {tokenizer.vocab_size:,} tokens but --vocab-size is "
+                         f"{config.vocab_size:,}; make them agree")
+    return tokenizer
+
+
+def prepare_data(config: TrainConfig, runtime: devices.Runtime, say=print):
+    """(corpus, tokenizer, shards). Rank 0 downloads and tokenises; the others wait, then read."""
+    corpus = sources.resolve(config.data)
+    if runtime.is_main:
+        corpus.prepare()
+        tokenizer = prepare_tokenizer(config, corpus, say)
+        data = token_shards.load_or_build(corpus, tokenizer, on_build=lambda m: say(m + " …"))
+    _barrier(runtime)
+    if not runtime.is_main:
+        tokenizer = prepare_tokenizer(config, corpus, say)
+        data = token_shards.load_or_build(corpus, tokenizer)
+    return corpus, tokenizer, data
+
+
+def _barrier(runtime: devices.Runtime) -> None:
+    if runtime.distributed:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+
+# -- stopping cleanly -------------------------------------------------------------------------------
+
+
+class StopRequest:
+    """First SIGINT/SIGTERM sets `requested`; the loop saves and returns after the current step.
+    A second one raises KeyboardInterrupt at once."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> "StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+# -- the loop ----------------------------------------------------------------------------------------
+
+
+def train(config: TrainConfig, resume: bool = False, model_class: type = GPT) -> TrainResult:
+    """Train (or continue training) the run described by `config`."""
+    out = ui.console()
+    runtime = devices.setup(config.device, config.dtype)
+    say = out.print if runtime.is_main else (lambda *a, **k: None)
+    run_dir = paths.run_dir(config.run)
+    if not resume and (run_dir / "config.json").exists():
+        raise UsageError(f"run {config.run!r} already exists in {run_dir.parent}; add --resume to continue it, "
+                         "or choose another --run")
+    if resume and checkpoint.latest(run_dir) is None:
+        raise GlassError(f"run {config.run!r} has no checkpoint to resume from; train it without --resume")
+    check_writable(run_dir)
+
+    torch.manual_seed(config.seed)
+    corpus, tokenizer, data = prepare_data(config, runtime, say)
+    model_config = config.model_config(tokenizer.vocab_size)
+    model = model_class.build(model_config, runtime.device) if hasattr(model_class, "build") else model_class(model_config)
+    optimizers = build_optimizers(model, OptimizerSettings(
+        kind=config.resolved_optimizer, matrix_lr=config.matrix_lr, embedding_lr=config.embedding_lr,
+        unembedding_lr=config.unembedding_lr, scalar_lr=config.scalar_lr, adamw_lr=config.adamw_lr,
+        weight_decay=config.weight_decay, beta1=config.beta1, beta2=config.beta2))
+    tokens_per_pass = config.device_batch_size * config.seq_len * runtime.world_size
+    grad_accum_steps = grad_accumulation_steps(config.total_batch_size, tokens_per_pass)
+    loader = TokenLoader(data.train, config.device_batch_size, config.seq_len, config.seed,
+                         runtime.rank, runtime.world_size, runtime.device)
+
+    start_step, train_seconds, last_bpb = 0, 0.0, None
+    if resume:
+        folder = checkpoint.latest(run_dir)
+        state = checkpoint.read_state(folder)
+        checkpoint.load_weights(folder, model)
+        checkpoint.load_optimizers(folder, optimizers)
+        loader.load_state_dict(state["loader"])
+        checkpoint.restore_rng(state)
+        start_step, train_seconds, last_bpb = state["step"], state.get("train_seconds", 0.0), state.get("val_bpb")
+        if start_step >= config.max_steps:
+            raise UsageError(f"run {config.run!r} already reached step {start_step} of --max-steps "
+                             f"{config.max_steps}; pass a larger --max-steps to train further")
+        say(f"resuming [bold]{config.run}[/] from step {start_step} ({folder.name})")
+
+    n_params = sum(p.numel() for p in model.parameters())
+    if runtime.is_main:
+        _write_run_files(run_dir, config, model_config, tokenizer, corpus, data, resume, start_step)
+        say(f"model: {model_config.family} family, depth {model_config.n_layer}, width {model_config.n_embd}, "
+            f"{model_config.n_head} heads ({model_config.n_kv_head} kv) of {model_config.head_dim}, "
+            f"{n_params:,} parameters")
+        say(f"data: {corpus.key}: {data.meta['train_tokens']:,} train / {data.meta['val_tokens']:,} val tokens "
+            f"({data.meta['train_bytes'] / max(1, data.meta['train_tokens']):.2f} bytes/token)")
+        say(f"steps: {config.max_steps} x {tokens_per_pass * grad_accum_steps:,} tokens "
+            f"({config.device_batch_size} x {config.seq_len} x {runtime.world_size} device(s) x "
+            f"{grad_accum_steps} accumulation); {runtime.device.type}, {runtime.dtype} ({runtime.dtype_reason})")
+
+    trained_model = model
+    if runtime.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trained_model = DistributedDataParallel(model, device_ids=[runtime.local_rank] if runtime.device.type == "cuda" else None)
+    if config.compile:
+        trained_model = torch.compile(trained_model)
+
+    token_bytes = tokenizer.token_bytes()
+    eval_batch = config.eval_batch_size or 4 * config.device_batch_size
+    metrics_path = run_dir / "metrics.jsonl"
+
+    def evaluate(step: int) -> float:
+        bpb = evaluate_bpb(model, data.val, token_bytes, config.seq_len, eval_batch, runtime.device,
+                           runtime.autocast, runtime.rank, runtime.world_size)
+        samples = write_samples(step) if runtime.is_main and config.sample_tokens else []
+        if runtime.is_main:
+            _append_metrics(metrics_path, {"step": step, "val_bpb": bpb})
+            progress.print(f"[bold]step {step}[/]: val bits/byte [bold green]{bpb:.4f}[/]")
+            for prompt, text in samples:
+                progress.print(f"  [dim]{_one_line(prompt)}[/][italic]{_one_line(text)[:160]}[/]")
+        return bpb
+
+    def write_samples(step: int) -> list[tuple[str, str]]:
+        engine = Engine(model, runtime.autocast)
+        samples = [(prompt, complete(engine, tokenizer, prompt, config.sample_tokens, temperature=0.8,
+                                     top_k=50, seed=config.seed + i))
+                   for i, prompt in enumerate(corpus.sample_prompts)]
+        with open(run_dir / "samples.txt", "a", encoding="utf-8") as file:
+            file.write(f"=== step {step} ===\n")
+            for prompt, text in samples:
+                file.write(f"{prompt}{text}\n---\n")
+        return samples
+
+    def save(step: int) -> None:
+        if runtime.is_main:
+            checkpoint.save(run_dir, step, model, optimizers, {
+                "loader": loader.state_dict(), "train_seconds": train_seconds, "val_bpb": last_bpb,
+                "world_size": runtime.world_size}, keep=config.keep_checkpoints)
+        _barrier(runtime)
+
+    step, interrupted = start_step, False
+    progress = ui.TrainingProgress(config.max_steps, start_step, config.log_every,
+                                   ui.console() if runtime.is_main else _null_console())
+    with StopRequest() as stop, progress:
+        if step == 0 and config.eval_every:
+            last_bpb = evaluate(0)
+        while step < config.max_steps:
+            started = time.perf_counter()
+            multiplier = lr_multiplier(step, config.max_steps, config.warmup_steps, config.warmdown_ratio,
+                                       config.final_lr_frac)
+            set_learning_rates(optimizers, multiplier, muon_momentum(step, config.muon_momentum_warmup))
+            loss_sum = torch.zeros((), device=runtime.device)
+            for micro_step in range(grad_accum_steps):
+                x, y = loader.next_batch()
+                sync = micro_step == grad_accum_steps - 1
+                with (contextlib.nullcontext() if sync or not runtime.distributed else trained_model.no_sync()):
+                    with runtime.autocast():
+                        loss = trained_model(x, y)
+                    (loss / grad_accum_steps).backward()
+                loss_sum += loss.detach()
+            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or float("inf"))
+            for optimizer in optimizers:
+                optimizer.step()
+            model.zero_grad(set_to_none=True)
+            step += 1
+            train_loss = loss_sum.item() / grad_accum_steps
+            elapsed = time.perf_counter() - started
+            train_seconds += elapsed
+            if not math.isfinite(train_loss):
+                raise GlassError(f"the loss became {train_loss} at step {step}; lower the learning rates "
+                                 "(e.g. --matrix-lr, --adamw-lr) or enable --grad-clip; nothing was saved for this step")
+            tokens_per_sec = tokens_per_pass * grad_accum_steps / elapsed
+            if runtime.is_main:
+                _append_metrics(metrics_path, {
+                    "step": step, "loss": round(train_loss, 6), "lr_multiplier": round(multiplier, 6),
+                    "grad_norm": round(float(grad_norm), 6), "tokens_per_sec": round(tokens_per_sec, 1),
+                    "train_seconds": round(train_seconds, 3)})
+            progress.update(step, train_loss, tokens_per_sec)
+            if config.eval_every and step % config.eval_every == 0 and step < config.max_steps:
+                last_bpb = evaluate(step)
+            if _agree(stop.requested, runtime):
+                interrupted = True
+                break
+            if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.max_steps:
+                save(step)
+        if not interrupted:  # the loop leaves the last step's evaluation to here
+            last_bpb = evaluate(step)
+        save(step)
+
+    final_samples: list[str] = []
+    if runtime.is_main:
+        _plot(run_dir)
+        if interrupted:
+            say(f"[yellow]interrupted[/]: saved a checkpoint at step {step}. Resume with: "
+                f"[bold]glassgpt train --run {config.run} --resume[/]")
+        else:
+            say(f"[bold green]done[/]: {step} steps in {ui.format_duration(train_seconds)} of training; "
+                f"val bits/byte [bold]{last_bpb:.4f}[/]; run saved in {run_dir}")
+        samples_file = run_dir / "samples.txt"
+        if samples_file.exists():
+            final_samples = samples_file.read_text(encoding="utf-8").split("=== step ")[-1].split("\n---\n")[:-1]
+    devices.teardown(runtime)
+    return TrainResult(run_dir, step, last_bpb, final_samples, interrupted, train_seconds)
+
+
+def grad_accumulation_steps(total_batch_size: int, tokens_per_pass: int) -> int:
+    """Micro-batches per optimiser step so that each step sees total_batch_size tokens."""
+    if total_batch_size == 0:
+        return 1
+    if total_batch_size % tokens_per_pass:
+        raise UsageError(
+            f"--total-batch-size {total_batch_size:,} is not a multiple of the tokens per pass "
+            f"({tokens_per_pass:,} = device batch x seq len x devices); use a multiple, e.g. "
+            f"{max(1, round(total_batch_size / tokens_per_pass)) * tokens_per_pass:,}")
+    return total_batch_size // tokens_per_pass
+
+
+def _agree(flag: bool, runtime: devices.Runtime) -> bool:
+    """All ranks stop together if any rank was asked to stop."""
+    if not runtime.distributed:
+        return flag
+    import torch.distributed as dist
+
+    tensor = torch.tensor([int(flag)], device=runtime.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return bool(tensor.item())
+
+
+def _write_run_files(run_dir, config, model_config, tokenizer, corpus, data, resume, start_step) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    atomic.write_text(run_dir / "config.json", json.dumps({
+        "train": config.to_dict(), "model": model_config.to_dict(),
+        "tokenizer": {"name": config.tokenizer or default_tokenizer_name(corpus, config.vocab_size),
+                      "fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size},
+        "data": {"corpus": corpus.key, **{k: data.meta[k] for k in ("train_tokens", "val_tokens", "train_bytes", "val_bytes")}},
+        "glassgpt": __import__("glassgpt").__version__, "torch": torch.__version__,
+    }, indent=2))
+    tokenizer.save(run_dir / "tokenizer.json")
+    metrics = run_dir / "metrics.jsonl"
+    if resume and metrics.exists():  # drop what was logged after the checkpoint we resume from
+        kept = [line for line in metrics.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
+        atomic.write_text(metrics, "".join(line + "\n" for line in kept))
+    elif not resume:
+        metrics.unlink(missing_ok=True)
+        (run_dir / "samples.txt").unlink(missing_ok=True)
+
+
+def _append_metrics(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as file:
+        file.write(json.dumps(record) + "\n")
+
+
+def _one_line(text: str) -> str:
+    return text.replace("\n", "⏎ ")
+
+
+def _null_console():
+    from rich.console import Console
+
+    return Console(quiet=True)
+
+
+def _plot(run_dir: Path) -> None:
+    """plots/loss.png: training loss per step and val bits per byte at each evaluation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
+    val = [(r["step"], r["val_bpb"]) for r in records if "val_bpb" in r]
+    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    if train:
+        steps, losses = zip(*train)
+        left.plot(steps, losses, lw=0.8, color="tab:blue")
+        left.set(xlabel="step", ylabel="train loss (nats/token)", title="training loss")
+    if val:
+        steps, bpbs = zip(*val)
+        right.plot(steps, bpbs, "o-", color="tab:green")
+        right.set(xlabel="step", ylabel="val bits per byte", title="validation (whole val split)")
+    for axis in (left, right):
+        axis.grid(alpha=0.3)
+    figure.suptitle(run_dir.name)
+    figure.tight_layout()
+    target = run_dir / "plots" / "loss.png"
+    with atomic.atomic_path(target) as tmp:
+        figure.savefig(tmp, format="png", dpi=110)
+    plt.close(figure)

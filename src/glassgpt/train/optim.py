@@ -1,0 +1,167 @@
+"""Optimisers and schedules, each in exactly one place.
+
+- `Muon` for the 2-D weight matrices inside the blocks: momentum, then the update is replaced by
+  the nearest semi-orthogonal matrix (Newton-Schulz iteration), so every direction of the matrix
+  moves by a similar amount, whatever the gradient's scale.
+- AdamW for what is not a hidden matrix: embeddings (a lookup table, one row per token), the LM
+  head, and 1-D gains/biases. Their learning rates scale as (n_embd / 768)^-0.5, so a wider
+  model takes smaller steps there.
+- `lr_multiplier` (warmup → constant → linear warmdown) and `muon_momentum` are pure functions
+  of the step, unit-tested for their invariants.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from glassgpt.errors import UsageError
+
+# Quintic Newton-Schulz coefficients (Keller Jordan's Muon): chosen to push singular values
+# towards 1 as fast as possible in 5 steps, accepting that they land in roughly [0.7, 1.2].
+NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)
+
+
+def orthogonalize(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
+    """Approximately U Vᵀ of G = U S Vᵀ (all singular values → ~1), for a 2-D matrix."""
+    a, b, c = NS_COEFFICIENTS
+    X = G.float() if G.device.type == "cpu" else G.bfloat16()  # CPUs without bf16 units are slow in bf16
+    tall = X.size(0) > X.size(1)
+    if tall:  # iterate on the smaller Gram matrix
+        X = X.T
+    X = X / (X.norm() + 1e-7)  # singular values now ≤ 1, where the iteration converges
+    for _ in range(steps):
+        A = X @ X.T
+        X = a * X + (b * A + c * A @ A) @ X
+    if tall:
+        X = X.T
+    return X.to(G.dtype)
+
+
+class Muon(torch.optim.Optimizer):
+    """MomentUm Orthogonalized by Newton-Schulz, for 2-D parameters only.
+
+    update = orthogonalize(nesterov momentum of the gradient) x sqrt(max(1, rows / cols))
+    (the factor keeps the per-element update size similar for tall matrices).
+    """
+
+    def __init__(self, params, lr: float = 0.02, momentum: float = 0.95, nesterov: bool = True, ns_steps: int = 5):
+        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps))
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.dim() != 2:
+                    raise ValueError(f"Muon only takes 2-D parameters, got shape {tuple(p.shape)}")
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                if "momentum_buffer" not in state:
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                buffer = state["momentum_buffer"]
+                buffer.mul_(group["momentum"]).add_(p.grad)
+                direction = p.grad.add(buffer, alpha=group["momentum"]) if group["nesterov"] else buffer
+                update = orthogonalize(direction, group["ns_steps"])
+                scale = max(1.0, p.size(0) / p.size(1)) ** 0.5
+                p.add_(update, alpha=-group["lr"] * scale)
+
+
+@dataclass
+class OptimizerSettings:
+    kind: str  # "muon" (Muon + AdamW) or "adamw" (AdamW alone)
+    matrix_lr: float
+    embedding_lr: float
+    unembedding_lr: float
+    scalar_lr: float
+    adamw_lr: float
+    weight_decay: float
+    beta1: float
+    beta2: float
+
+
+def build_optimizers(model: torch.nn.Module, settings: OptimizerSettings) -> list[torch.optim.Optimizer]:
+    """Split the model's parameters into groups and give each group its optimiser.
+
+    Every group records `initial_lr`; the training loop sets lr = initial_lr x lr_multiplier(step).
+    """
+    named = dict(model.named_parameters())
+    if settings.kind == "adamw":
+        decay = [p for p in named.values() if p.dim() >= 2]
+        no_decay = [p for p in named.values() if p.dim() < 2]
+        groups = [
+            dict(params=decay, lr=settings.adamw_lr, weight_decay=settings.weight_decay),
+            dict(params=no_decay, lr=settings.adamw_lr, weight_decay=0.0),
+        ]
+        return [_adamw(groups, settings)]
+    if settings.kind != "muon":
+        raise UsageError(f"optimizer must be auto, muon or adamw, not {settings.kind!r}")
+
+    width_scale = (model.config.n_embd / 768) ** -0.5
+    tied = model.lm_head is None
+    matrices = [p for n, p in named.items() if n.startswith("blocks.") and p.dim() == 2]
+    embeddings = [p for n, p in named.items() if n in ("wte.weight", "wpe.weight") and not (tied and n == "wte.weight")]
+    # A tied matrix is also the head, and the head needs the small step: a large one swings all logits.
+    head = [named["wte.weight"]] if tied else [named["lm_head.weight"]]
+    scalars = [p for p in named.values() if p.dim() < 2]
+    assert len(matrices) + len(embeddings) + len(head) + len(scalars) == len(named), "a parameter has no group"
+    adam_groups = [
+        dict(params=group, lr=lr * width_scale, weight_decay=0.0)
+        for group, lr in ((embeddings, settings.embedding_lr), (head, settings.unembedding_lr),
+                          (scalars, settings.scalar_lr))
+        if group
+    ]
+    return [_adamw(adam_groups, settings), _with_initial_lr(Muon(matrices, lr=settings.matrix_lr))]
+
+
+def _adamw(groups: list[dict], settings: OptimizerSettings) -> torch.optim.AdamW:
+    optimizer = torch.optim.AdamW(groups, betas=(settings.beta1, settings.beta2), eps=1e-10, foreach=True)
+    return _with_initial_lr(optimizer)
+
+
+def _with_initial_lr(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+    for group in optimizer.param_groups:
+        group["initial_lr"] = group["lr"]
+    return optimizer
+
+
+# -- schedules ---------------------------------------------------------------------------------
+
+
+def lr_multiplier(step: int, total_steps: int, warmup_steps: int = 0, warmdown_ratio: float = 0.2,
+                  final_lr_frac: float = 0.0) -> float:
+    """Learning-rate multiplier for optimiser step `step` (0-based) of `total_steps`.
+
+    Linear warmup from 1/warmup_steps to 1, constant at 1, then a linear warmdown over the last
+    warmdown_ratio of the steps, ending just above final_lr_frac. Where warmup and warmdown
+    overlap (very short runs) the smaller multiplier wins.
+    """
+    warmup = (step + 1) / warmup_steps if step < warmup_steps else 1.0
+    warmdown_steps = round(warmdown_ratio * total_steps)
+    steps_left = total_steps - step
+    if warmdown_steps > 0 and steps_left <= warmdown_steps:
+        progress = steps_left / warmdown_steps  # 1 → 1/warmdown_steps
+        warmdown = progress + (1 - progress) * final_lr_frac
+    else:
+        warmdown = 1.0
+    return min(warmup, warmdown)
+
+
+def muon_momentum(step: int, warmup_steps: int = 300, start: float = 0.85, end: float = 0.95) -> float:
+    """Muon's momentum rises from `start` to `end` over the first steps: early gradients point
+    in quickly changing directions, so averaging over a long window would lag behind."""
+    if warmup_steps <= 0:
+        return end
+    frac = min(step / warmup_steps, 1.0)
+    return (1 - frac) * start + frac * end
+
+
+def set_learning_rates(optimizers: list[torch.optim.Optimizer], multiplier: float, momentum: float | None) -> None:
+    for optimizer in optimizers:
+        for group in optimizer.param_groups:
+            group["lr"] = group["initial_lr"] * multiplier
+            if momentum is not None and isinstance(optimizer, Muon):
+                group["momentum"] = momentum

@@ -1,0 +1,114 @@
+"""The command line: --help that teaches, sample/tokenizer/data/bench commands, one-line errors."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import TINY_TRAIN, run_cli
+from glassgpt.cli import main
+
+
+@pytest.mark.parametrize("command, expected", [
+    ([], ["quickstart", "train", "sample", "tokenizer", "data", "bench", "GLASSGPT_HOME"]),
+    (["train"], ["--preset", "--max-steps", "--resume", "--n-kv-head", "--softcap", "--device", "--dtype",
+                 "Muon", "defaults  <  --preset NAME", "torchrun"]),
+    (["sample"], ["--prompt", "--max-new-tokens", "--temperature", "--top-k", "--top-p", "--seed"]),
+    (["tokenizer"], ["train", "encode", "eval"]),
+    (["tokenizer", "train"], ["--vocab-size", "--data"]),
+    (["data"], ["list", "download", "GLASSGPT_DATA_MIRROR"]),
+    (["bench"], ["tokens/s", "MFU", "KV cache"]),
+    (["quickstart"], ["5 minutes", "--fresh"]),
+])
+def test_help_teaches_each_command(command, expected, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    for fragment in expected:
+        assert fragment in out, f"{' '.join(command)} --help lacks {fragment!r}"
+
+
+def test_train_help_lists_every_config_field(capsys):
+    from glassgpt import config
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    out = capsys.readouterr().out
+    for name in config.TRAIN_FIELDS + config.MODEL_FIELDS:
+        assert f"--{name.replace('_', '-')}" in out
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["sample"], "the following arguments are required: --run"),
+    (["sample", "--run", "x", "--top-p", "2"], "expected a probability in (0, 1]"),
+    (["sample", "--run", "x", "--max-new-tokens", "0"], "expected a positive integer"),
+    (["train", "--max-steps", "5"], "needs --run NAME"),
+    (["bogus"], "invalid choice: 'bogus'"),
+    (["bench", "--what", "everything"], "--what takes matmul, train, decode"),
+])
+def test_usage_mistakes_are_one_line_and_exit_2(args, fragment):
+    result = run_cli(*args)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and fragment in result.stderr
+
+
+def test_sample_streams_a_repeatable_continuation(glass_home, capsys):
+    assert main(["train", *TINY_TRAIN, "--run", "s", "--max-steps", "2", "--eval-every", "0"]) == 0
+    capsys.readouterr()
+    args = ["sample", "--run", "s", "--prompt", "ROMEO:", "--max-new-tokens", "12", "--temperature", "0.9",
+            "--top-k", "20", "--top-p", "0.95", "--seed", "3"]
+    assert main(args) == 0
+    first = capsys.readouterr()
+    assert main(args) == 0
+    second = capsys.readouterr()
+    assert first.out.startswith("ROMEO:") and first.out == second.out
+    assert "tok/s" in first.err
+    assert main([*args[:-1], "4"]) == 0
+    assert capsys.readouterr().out != first.out
+    assert main(["sample", "--run", "s", "--prompt", "ROMEO:", "--max-new-tokens", "12", "--no-cache", "--seed", "3",
+                 "--temperature", "0.9", "--top-k", "20", "--top-p", "0.95"]) == 0
+    assert capsys.readouterr().out == first.out  # same tokens without the KV cache
+
+
+def test_tokenizer_commands_train_encode_and_evaluate(glass_home, capsys):
+    assert main(["tokenizer", "train", "--data", "tinyshakespeare", "--vocab-size", "512"]) == 0
+    out = capsys.readouterr().out
+    assert "tinyshakespeare-512" in out and "MB/s" in out
+    assert main(["tokenizer", "train", "--data", "tinyshakespeare", "--vocab-size", "512"]) == 2  # exists
+    assert "--force" in capsys.readouterr().err
+    assert main(["tokenizer", "encode", "--name", "tinyshakespeare-512", "--text", "To be, or not to be"]) == 0
+    out = capsys.readouterr().out
+    assert "round trip exact: True" in out and "ids: [" in out
+    assert main(["tokenizer", "eval", "--name", "tinyshakespeare-512", "--data", "tinyshakespeare"]) == 0
+    out = capsys.readouterr().out
+    assert "val" in out and "bytes/token" in out
+    assert main(["tokenizer", "encode", "--name", "missing", "--text", "x"]) == 1
+    assert "trained tokenizers: tinyshakespeare-512" in capsys.readouterr().err
+
+
+def test_data_list_and_download(glass_home, capsys):
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "tinyshakespeare" in out and "fineweb-edu" in out and "mirror:" in out
+    assert main(["data", "download", "tinyshakespeare"]) == 0
+    assert "1,115,394 bytes" in capsys.readouterr().out
+    assert main(["data", "list"]) == 0
+    assert "yes (1,115,394 bytes)" in capsys.readouterr().out
+
+
+def test_bench_reports_throughput_mfu_and_decode_speed(tmp_path, capsys):
+    out_file = tmp_path / "bench.json"
+    assert main(["bench", "--depth", "1", "--vocab-size", "512", "--seq-len", "32", "--batch-size", "2",
+                 "--steps", "2", "--decode-tokens", "10", "--json", str(out_file)]) == 0
+    out = capsys.readouterr().out
+    assert "tok/s" in out and "MFU" in out and "with KV cache" in out and "without KV cache" in out
+    results = json.loads(out_file.read_text())
+    assert results["train"]["fp32"]["tokens_per_sec"] > 0 and results["matmul_gflops"]["fp32"] > 0
+    assert set(results["decode"]) == {"kv_cache", "no_cache"}
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.returncode == 0 and result.stdout.startswith("glassgpt ")

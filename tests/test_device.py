@@ -1,0 +1,57 @@
+"""Device and dtype policy: auto-detection order, measured bf16 choice, clear errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from glassgpt import device
+from glassgpt.errors import GlassError, UsageError
+
+
+def test_auto_device_prefers_cuda_then_mps_then_cpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert device.resolve_device("auto").type == "cuda"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: True)
+    assert device.resolve_device("auto").type == "mps"
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert device.resolve_device("auto").type == "cpu"
+
+
+def test_asking_for_a_missing_gpu_is_a_clear_error(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    with pytest.raises(GlassError, match="sees no CUDA GPU; use --device cpu"):
+        device.resolve_device("cuda")
+    with pytest.raises(GlassError, match="MPS is not available"):
+        device.resolve_device("mps")
+    with pytest.raises(UsageError):
+        device.resolve_device("tpu")
+
+
+def test_cpu_dtype_auto_picks_bf16_only_when_measured_faster(monkeypatch):
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(device, "cpu_matmul_speeds", lambda: (120.0, 1.2))  # emulated bf16 (e.g. AMD Zen 3)
+    dtype, reason = device.resolve_dtype("auto", cpu)
+    assert dtype == "fp32" and "1.2" in reason and "120" in reason
+    monkeypatch.setattr(device, "cpu_matmul_speeds", lambda: (180.0, 390.0))  # AMX / AVX512-BF16
+    assert device.resolve_dtype("auto", cpu)[0] == "bf16"
+    assert device.resolve_dtype("fp32", cpu) == ("fp32", "asked for fp32")
+    assert device.resolve_dtype("bf16", cpu)[0] == "bf16"
+
+
+def test_bf16_autocast_runs_the_model_on_cpu():
+    from conftest import tiny_model
+
+    model = tiny_model()
+    runtime = device.Runtime(torch.device("cpu"), "bf16", "test")
+    idx = torch.randint(0, 97, (2, 8))
+    with runtime.autocast():
+        loss = model(idx, idx)
+    loss.backward()
+    assert loss.dtype == torch.float32 and model.wte.weight.grad.dtype == torch.float32  # weights stay fp32
+
+
+def test_matmul_measurement_is_positive():
+    assert device.measure_matmul(torch.device("cpu"), torch.float32, n=64, seconds=0.01) > 0
