@@ -66,7 +66,8 @@ def to_process(command: str) -> list[str]:
         return [sys.executable, "-m", "glassgpt", *capped(argv[1:])]
     if argv[0] == "torchrun":
         return [sys.executable, "-m", "torch.distributed.run", *capped(argv[1:])]
-    return [sys.executable, str(REPO / argv[1]), *capped(argv[2:])]
+    script, *rest = capped(argv[1:])  # the script's name tells capped() that it trains
+    return [sys.executable, str(REPO / script), *rest]
 
 
 def test_every_documented_file_has_commands():

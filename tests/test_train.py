@@ -193,3 +193,17 @@ def test_data_parallel_training_with_torchrun_on_two_cpu_processes(glass_home):
     assert saved["train"]["device_batch_size"] == 4
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]  # one writer: rank 0
+
+
+def test_files_written_atomically_get_the_usual_permissions(tmp_path):
+    import os
+
+    from glassgpt import atomic
+
+    atomic.write_text(tmp_path / "a.txt", "x")
+    with atomic.atomic_dir(tmp_path / "folder") as folder:
+        (folder / "f").write_text("y")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
+    assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o777 & ~umask

@@ -36,10 +36,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        if tmp.exists():  # mkstemp makes the file private (0600); give it the usual permissions
+            os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -58,6 +66,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
     _ensure_parent(path)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes the folder private (0700)
     except OSError as error:
         raise GlassError(f"cannot write to {path.parent}: {error.strerror or error}") from None
     try:

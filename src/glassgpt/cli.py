@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import sys
 import time
+from pathlib import Path
 
 from glassgpt import __version__
 from glassgpt.errors import GlassError, UsageError
@@ -70,6 +71,10 @@ def build_parser() -> Parser:
     _add_tokenizer(commands)
     _add_data(commands)
     _add_bench(commands)
+    _add_scale(commands)
+    _add_attention(commands)
+    _add_trace(commands)
+    _add_learn(commands)
     return parser
 
 
@@ -107,13 +112,11 @@ def _add_train(commands) -> None:
     parser.add_argument("--preset", choices=sorted(cfg.PRESETS), help="start from a named preset")
     parser.add_argument("--config", metavar="FILE", help="a JSON (or TOML) file of config fields")
     parser.add_argument("--resume", action="store_true", help="continue the run from its newest checkpoint")
-    parser.add_argument("--model", dest="model_file", metavar="FILE.py",
-                        help=argparse.SUPPRESS)  # the learner's implementation (see `glassgpt learn`)
     defaults = cfg.TrainConfig()
     groups = {
         "run": ("run", "seed"),
         "data": ("data", "vocab_size", "tokenizer"),
-        "model size": ("family", "depth", "head_dim", "seq_len"),
+        "model size": ("model_file", "init", "family", "depth", "head_dim", "seq_len"),
         "optimisation": ("device_batch_size", "total_batch_size", "max_steps", "optimizer", "matrix_lr",
                          "embedding_lr", "unembedding_lr", "scalar_lr", "adamw_lr", "weight_decay", "beta1",
                          "beta2", "warmup_steps", "warmdown_ratio", "final_lr_frac", "muon_momentum_warmup",
@@ -150,13 +153,15 @@ def _show(value) -> str:
 def _add_field(group, name: str, help: str, default, kind, show_raw: bool = False) -> None:
     dashed = name.replace("_", "-")
     flags = [f"--{dashed}"] + ([f"--{name}"] if dashed != name else [])
+    metavar = {int: "N", float: "X", bool: "on|off", str: "TEXT"}.get(kind, "VALUE")
     if name == "run":
         # torchrun's own parser reads `--run` as an ambiguous abbreviation of its --run-path and
         # stops; `--run-name` passes through it untouched.
         flags.append("--run-name")
         help += " Under torchrun, spell it --run-name."
-    metavar = {int: "N", float: "X", bool: "on|off", str: "TEXT"}.get(kind, "VALUE")
-    if name == "softcap":
+    elif name == "model_file":
+        flags, metavar = ["--model", *flags], "FILE.py"
+    elif name == "softcap":
         metavar = "X|off"
     shown = default if show_raw else _show(default)
     text = f"{help} (default: {shown})" if help else f"(default: {shown})"
@@ -182,13 +187,8 @@ def _run_train(args) -> int:
         config = loop.resumed_config(flags["run"], flags)
     else:
         config = cfg.resolve(args.preset, args.config, flags)
-    model_class = _learner_model(args.model_file) if args.model_file else None
-    result = loop.train(config, resume=args.resume, **({"model_class": model_class} if model_class else {}))
+    result = loop.train(config, resume=args.resume)
     return 0 if result.val_bpb is not None or result.interrupted else 1
-
-
-def _learner_model(path: str):
-    raise UsageError("--model FILE.py needs the learn module, which is not available in this version")
 
 
 QUICKSTART_DESCRIPTION = """\
@@ -553,3 +553,272 @@ def _run_bench(args) -> int:
     from glassgpt import bench
 
     return bench.run(args)
+
+
+# -- scale --------------------------------------------------------------------------------------------------
+
+SCALE_DESCRIPTION = """\
+How big is a model, and what does training it cost? The model is built on PyTorch's meta device
+(shapes only, no memory for weights: any depth takes a moment) and analysed:
+
+  parameters  per component, grouped from the model's own named_parameters() (one block in
+              detail, then all layers, the head, the total), with percentages of the total
+  compute     training FLOPs per token (6 x matmul params + attention), forward FLOPs (a third),
+              and per step with --batch-tokens
+  memory      to train in fp32 and in bf16 mixed precision: weights, gradients, optimiser state
+              (Muon / AdamW, split as training splits it) and a rough activation estimate
+
+examples:
+  glassgpt scale --depth 20                                              nanochat d20: 560,988,160
+  glassgpt scale --depth 12 --family gpt2 --vocab 50257 --seq-len 1024   GPT-2 small: 124,439,808
+  glassgpt scale --depth 8 --n-kv-head 1 --batch-size 16 --batch-tokens 524288 --json d8.json
+"""
+
+
+def _add_scale(commands) -> None:
+    parser = _sub(commands, "scale", "parameters, FLOPs and training memory of a model size (no weights)",
+                  SCALE_DESCRIPTION)
+    parser.add_argument("--depth", type=_positive_int, required=True, metavar="N", help="number of blocks (width = 64 x depth)")
+    parser.add_argument("--vocab", "--vocab-size", dest="vocab", type=_positive_int, default=65536, metavar="N",
+                        help="vocabulary size (default 65,536, nanochat's)")
+    parser.add_argument("--family", default="nanochat", choices=("nanochat", "gpt2"), help="architecture family (default nanochat)")
+    parser.add_argument("--seq-len", type=_positive_int, default=2048, metavar="N",
+                        help="the model's sequence_len (default 2048, nanochat's pretraining context)")
+    parser.add_argument("--n-kv-head", type=_positive_int, default=None, metavar="N",
+                        help="key/value heads (default: as many as query heads); must divide the query heads")
+    parser.add_argument("--head-dim", type=_positive_int, default=None, metavar="N",
+                        help="target head size (default: nanochat 128, gpt2 64)")
+    parser.add_argument("--batch-size", type=_positive_int, default=1, metavar="N",
+                        help="sequences per pass, for the activation memory estimate (default 1)")
+    parser.add_argument("--batch-tokens", type=_positive_int, default=None, metavar="N",
+                        help="tokens per optimiser step: also print the FLOPs of one step")
+    parser.add_argument("--json", dest="json_out", metavar="FILE", help="also write every number as JSON")
+    parser.set_defaults(handler=_run_scale)
+
+
+def _run_scale(args) -> int:
+    import json
+
+    from glassgpt import atomic, ui
+    from glassgpt.model import scaling
+    from glassgpt.model.config import GPTConfig
+
+    fields = {"sequence_len": args.seq_len}
+    if args.n_kv_head is not None:
+        fields["n_kv_head"] = args.n_kv_head
+    config = GPTConfig.from_depth(args.depth, args.vocab, args.family, head_dim=args.head_dim, **fields)
+    report = scaling.analyse(config, args.batch_size, args.batch_tokens)
+    out = ui.console()
+    scaling.render(report, out)
+    if args.json_out:
+        atomic.write_text(args.json_out, json.dumps(report.to_dict(), indent=2))
+        out.print(f"wrote {args.json_out}")
+    return 0
+
+
+# -- attention ------------------------------------------------------------------------------------------------
+
+ATTENTION_DESCRIPTION = """\
+Where does each head look? Runs the model once on --text (eval mode, no gradients) with a tracer on
+blocks.*.attn.pattern, prints the attention entropy of every layer and head, and saves:
+
+  heatmaps.png  rows = layers, columns = heads; row i of a map is how query token i spreads its
+                attention over the tokens before it (token labels on the axes up to 40 tokens)
+  entropy.png   mean attention entropy (nats) per layer, one line per head, and uniform attention
+
+Low entropy: the head looks at a few tokens. Near the uniform line: it averages everything it sees.
+The text is encoded with the model's tokenizer after a <|bos|> token, as training documents start.
+Text longer than the model's sequence_len is truncated to its FIRST sequence_len tokens (a notice
+says so). Without --run, a fresh (untrained) nanochat model of --depth is used, with the default
+4,096-token tinyshakespeare tokenizer (trained on first use): a baseline for a trained run.
+
+examples:
+  glassgpt attention --run quickstart --text "ROMEO: Is the day so young?"
+  glassgpt attention --run quickstart --checkpoint 500 --text "To be, or not to be" --out maps/
+  glassgpt attention --depth 2 --text "the cat sat on the mat"
+"""
+
+
+def _add_attention(commands) -> None:
+    parser = _sub(commands, "attention", "attention heatmaps and entropy per layer and head, for a text",
+                  ATTENTION_DESCRIPTION)
+    parser.add_argument("--text", required=True, help="the text to run through the model")
+    parser.add_argument("--run", default=None, help="a trained run (default: a fresh model of --depth)")
+    parser.add_argument("--checkpoint", type=int, default=None, metavar="STEP", help="the run's checkpoint at this step (default: newest)")
+    parser.add_argument("--depth", type=_positive_int, default=None, metavar="N", help="fresh model only: blocks (default 4)")
+    parser.add_argument("--seed", type=int, default=1337, metavar="N", help="fresh model only: initialisation seed (default 1337)")
+    parser.add_argument("--out", default=None, metavar="DIR",
+                        help="folder for the PNGs (default: <run>/plots/attention, or ./attention for a fresh model)")
+    parser.set_defaults(handler=_run_attention)
+
+
+def _run_attention(args) -> int:
+    from glassgpt.see import attention
+
+    attention.run(args.run, args.text, args.out, args.checkpoint, args.depth, args.seed)
+    return 0
+
+
+# -- trace ---------------------------------------------------------------------------------------------
+
+TRACE_DESCRIPTION = """\
+Watch real training iterations of the reference model, every operation, with explanations.
+
+By default: a fresh nanochat-family model (depth 4, seq 1024, batch 1, the default 4,096-token
+tokenizer) on real tinyshakespeare text, for 3 iterations of forward, backward and optimiser step.
+Iteration 1 is shown in full for the chosen blocks (default: the first three and the last), the
+others summarised; all iterations are summarised at the end (loss, gradient norm, update ratios).
+
+Trace points are named like blocks.0.attn.pattern; patterns use * (blocks.*.attn.*).
+--text longer than the model's context is cut to its sequence_len, with a notice.
+
+examples:
+  glassgpt trace
+  glassgpt trace --blocks 0,last --html trace.html --json trace.json
+  glassgpt trace --only 'blocks.*.attn.*' --seq-len 16 --text "To be, or not to be"
+  glassgpt trace --run quickstart --text "ROMEO:"
+  glassgpt trace --list
+"""
+
+
+def _add_trace(commands) -> None:
+    parser = _sub(commands, "trace", "watch a real training step, tensor by tensor, with explanations",
+                  TRACE_DESCRIPTION)
+    parser.add_argument("--run", help="trace a trained run (its newest checkpoint and optimiser state)")
+    parser.add_argument("--depth", type=_positive_int, default=4, metavar="N", help="depth of a fresh model (default 4)")
+    parser.add_argument("--family", default="nanochat", choices=("nanochat", "gpt2"), help="fresh model family")
+    parser.add_argument("--seq-len", type=_positive_int, default=None, metavar="N",
+                        help="tokens per sequence (default 1024; a run's sequence_len with --run)")
+    parser.add_argument("--steps", type=_positive_int, default=3, metavar="N", help="training iterations (default 3)")
+    parser.add_argument("--blocks", metavar="LIST", help="blocks shown in full: e.g. 0,1,last or all (default: first three and last)")
+    parser.add_argument("--only", action="append", default=[], metavar="PATTERN",
+                        help="show only trace points matching PATTERN (repeatable), e.g. 'blocks.*.attn.*'")
+    parser.add_argument("--text", help="trace this text instead of corpus data")
+    parser.add_argument("--html", metavar="FILE", help="also write one self-contained HTML page")
+    parser.add_argument("--json", dest="json_out", metavar="FILE", help="also write every statistic as JSON")
+    parser.add_argument("--markdown", metavar="FILE", help="also write the walk-through as markdown")
+    parser.add_argument("--no-color", action="store_true", help="plain text, no colours")
+    parser.add_argument("--seed", type=int, default=1337, help="seed for weights and data (default 1337)")
+    parser.add_argument("--list", action="store_true", help="list every trace point with its meaning, then exit")
+    parser.set_defaults(handler=_run_trace)
+
+
+def _run_trace(args) -> int:
+    from rich.console import Console
+
+    from glassgpt import atomic, ui
+    from glassgpt.see import export, walkthrough
+    from glassgpt.see.registry import ENTRIES
+    from glassgpt.see.terminal import render
+    from glassgpt.see.trace import TraceOptions, run_trace
+
+    console = Console(color_system=None, highlight=False, soft_wrap=True) if args.no_color else ui.console()
+    if args.list:
+        for entry in ENTRIES:
+            if not entry.key.startswith("topic:"):
+                console.print(f"[cyan]{entry.key:<28}[/] {entry.title}: {entry.meaning}", highlight=False)
+        return 0
+    started = time.perf_counter()
+    report = run_trace(TraceOptions(run=args.run, depth=args.depth, seq_len=args.seq_len, steps=args.steps,
+                                    blocks=args.blocks, only=args.only, text=args.text, family=args.family,
+                                    seed=args.seed))
+    sections = walkthrough.build(report, args.only)
+    header = (f"{report.source}; {report.config.family} family, {report.config.n_layer} blocks, "
+              f"{len(report.token_ids)} tokens; blocks shown in full: {', '.join(map(str, report.traced_blocks))}")
+    render(sections, console, header, len(report.steps))
+    if args.json_out:
+        atomic.write_text(args.json_out, export.to_json(report))
+    if args.markdown:
+        atomic.write_text(args.markdown, export.to_markdown(sections, header, len(report.steps)))
+    if args.html:
+        from glassgpt.see import html
+
+        atomic.write_text(args.html, html.to_html(report, sections, header))
+    written = [f for f in (args.json_out, args.markdown, args.html) if f]
+    console.print(f"traced {len(report.steps)} iteration(s) in {time.perf_counter() - started:.1f}s"
+                  + (f"; wrote {', '.join(written)}" if written else ""), highlight=False)
+    return 0
+
+
+# -- learn -----------------------------------------------------------------------------------------------
+
+LEARN_DESCRIPTION = """\
+Build a GPT yourself and have it checked against the reference, component by component.
+
+  glassgpt learn init my_gpt.py                  a skeleton: every class and function, bodies as TODOs
+  glassgpt learn check my_gpt.py                 the checklist: ✓ done, ✗ failing, · not started
+  glassgpt learn check my_gpt.py --watch         re-check every time you save
+  glassgpt learn compare my_gpt.py               train yours and the reference side by side
+  glassgpt train --model my_gpt.py --preset cpu-tiny --run mine
+"""
+
+
+def _add_learn(commands) -> None:
+    parser = _sub(commands, "learn", "write your own GPT and have it graded against the reference", LEARN_DESCRIPTION)
+    sub = parser.add_subparsers(title="subcommands", metavar="<subcommand>")
+    init = _sub(sub, "init", "write a GPT skeleton to fill in",
+                "Write a skeleton with the reference's classes and signatures; each body is a TODO that\n"
+                "states its contract (shapes, formula, weight names, where to read more). Never overwrites\n"
+                "an existing file unless --force.\n\nexample:\n  glassgpt learn init my_gpt.py --family nanochat")
+    init.add_argument("file", help="the .py file to write")
+    init.add_argument("--family", default="nanochat", choices=("nanochat", "gpt2"), help="which GPT to build (default nanochat)")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.set_defaults(handler=_run_learn_init)
+    check = _sub(sub, "check", "grade your implementation against the reference",
+                 "Run the checks in the order you build (initialisation, weight init, forward components,\n"
+                 "full forward, backward, optimiser step, training, generation). Each component gets the\n"
+                 "reference's weights and inputs; a failure shows what was compared, the shapes, the errors,\n"
+                 "the first differing position, the mistake it looks like and a hint. Exit code 0 only when\n"
+                 "every check passes.\n\nexamples:\n  glassgpt learn check my_gpt.py\n"
+                 "  glassgpt learn check my_gpt.py --component attention --json")
+    check.add_argument("file", help="your implementation (written by glassgpt learn init)")
+    check.add_argument("--component", metavar="NAME", help="run one check, e.g. attention, mlp, norm, init.gpt")
+    check.add_argument("--json", action="store_true", help="print one JSON object instead of the checklist")
+    check.add_argument("--watch", action="store_true", help="re-run whenever the file changes (Ctrl-C to stop)")
+    check.add_argument("--time-limit", type=float, default=60.0, metavar="SECONDS", help="per check (default 60)")
+    check.set_defaults(handler=_run_learn_check)
+    compare = _sub(sub, "compare", "train your model and the reference side by side",
+                   "Train your implementation and the reference with the same seed, initial weights, data and\n"
+                   "config, then compare: loss at steps 10/25/50, final val bits per byte, tokens/s and peak\n"
+                   "memory, and a verdict (matches, or where the loss curves part).\n\n"
+                   "example:\n  glassgpt learn compare my_gpt.py --steps 50")
+    compare.add_argument("file", help="your implementation")
+    compare.add_argument("--steps", type=_positive_int, default=50, metavar="N", help="training steps (default 50)")
+    compare.add_argument("--preset", default=None, help="training preset (default: cpu-tiny, or cpu-tiny-gpt2)")
+    compare.set_defaults(handler=_run_learn_compare)
+    parser.set_defaults(handler=lambda args: (parser.print_help(), 2)[1])
+
+
+def _run_learn_init(args) -> int:
+    from glassgpt import ui
+    from glassgpt.learn.skeleton import write_skeleton
+
+    path = write_skeleton(args.file, args.family, args.force)
+    ui.console().print(f"wrote {path} ({args.family} family). Next: open it, do TODO 1, then run: "
+                       f"glassgpt learn check {path}")
+    return 0
+
+
+def _run_learn_check(args) -> int:
+    from glassgpt import ui
+    from glassgpt.learn import grader
+
+    grader.check_names(grader._family_of(Path(args.file)) if Path(args.file).is_file() else "nanochat", args.component)
+
+    def once() -> int:
+        report = grader.grade(args.file, args.component, args.time_limit)
+        if args.json:
+            print(report.to_json())
+        else:
+            grader.render(report, ui.console())
+        return 0 if report.passed else 1
+
+    if args.watch:
+        return grader.watch(args.file, once)
+    return once()
+
+
+def _run_learn_compare(args) -> int:
+    from glassgpt.learn import versus
+
+    return versus.run(args.file, args.steps, args.preset)

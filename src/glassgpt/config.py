@@ -52,6 +52,11 @@ class TrainConfig:
     tokenizer: str = ""
     """Name of a trained tokenizer to use; empty = '<corpus>-<vocab_size>', trained if missing."""
     # -- model -------------------------------------------------------------------------------
+    model_file: str = ""
+    """Train your own GPT from this .py file (see glassgpt learn); empty = the reference model."""
+    init: str = "model"
+    """model: the model's own init_weights() | reference: the reference's initial weights for this
+    seed (a learner's model then starts exactly where the reference starts)."""
     family: str = "nanochat"
     """Architecture family: nanochat | gpt2 (sets the defaults of every model switch)."""
     depth: int = 4
@@ -124,7 +129,8 @@ class TrainConfig:
         paths.check_name(self.run, "run")
         if self.family not in FAMILIES:
             raise UsageError(f"--family must be one of {', '.join(FAMILIES)}, not {self.family!r}")
-        for name, allowed in (("optimizer", OPTIMIZERS), ("device", DEVICES), ("dtype", DTYPES)):
+        for name, allowed in (("optimizer", OPTIMIZERS), ("device", DEVICES), ("dtype", DTYPES),
+                              ("init", ("model", "reference"))):
             if getattr(self, name) not in allowed:
                 raise UsageError(f"--{_dash(name)} must be one of {', '.join(allowed)}, not {getattr(self, name)!r}")
         for name in ("depth", "seq_len", "device_batch_size", "max_steps", "keep_checkpoints", "log_every"):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import inspect
 from collections.abc import Iterable, Iterator
 
 import torch
@@ -47,6 +48,8 @@ class Engine:
     def __init__(self, model: GPT, autocast=contextlib.nullcontext):
         self.model, self.autocast = model, autocast
         self.device = next(model.parameters()).device
+        # A learner's GPT may have no KV cache: then every token re-runs the context.
+        self.cacheable = "kv_cache" in inspect.signature(model.forward).parameters
 
     @torch.inference_mode()
     def generate(self, prompt: list[int], max_new_tokens: int, temperature: float = 1.0,
@@ -64,6 +67,7 @@ class Engine:
         if seed is not None:
             generator = torch.Generator(device=self.device).manual_seed(seed)
         stop_ids = set(stop_ids)
+        use_cache = use_cache and self.cacheable
         tokens = list(prompt)[-config.sequence_len:]
         cache = KVCache(config, 1, config.sequence_len, self.device, self._cache_dtype()) if use_cache else None
         try:
@@ -87,7 +91,8 @@ class Engine:
     def _forward(self, ids: list[int], cache: KVCache | None) -> torch.Tensor:
         idx = torch.tensor([ids], dtype=torch.long, device=self.device)  # (1, T)
         with self.autocast():
-            return self.model(idx, kv_cache=cache)[:, -1, :]  # (1, V): only the last position samples
+            logits = self.model(idx, kv_cache=cache) if cache is not None else self.model(idx)
+        return logits[:, -1, :]  # (1, V): only the last position samples
 
     def _cache_dtype(self) -> torch.dtype:
         with self.autocast():  # keys/values come out of autocast matmuls in the autocast dtype

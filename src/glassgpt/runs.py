@@ -45,7 +45,14 @@ def load_run(name: str, step: int | None = None, device: str | torch.device = "c
             raise GlassError(f"run {name!r} has no checkpoint at step {step}; it has: {steps}")
         chosen = matching[0]
     state = checkpoint.read_state(chosen)
-    model = GPT.build(GPTConfig.from_dict(saved["model"]), device, init=False)
+    model_config = GPTConfig.from_dict(saved["model"])
+    model_file = saved["train"].get("model_file")
+    if model_file:  # a learner's own GPT (glassgpt train --model)
+        from glassgpt.learn.loader import learner_gpt_class
+
+        model = learner_gpt_class(model_file)(model_config).to(device)
+    else:
+        model = GPT.build(model_config, device, init=False)
     checkpoint.load_weights(chosen, model)
     model.eval()
     tokenizer = Tokenizer.load(folder / "tokenizer.json")

@@ -56,7 +56,7 @@ class TokenLoader:
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         else:
             batch = batch.to(self.device)
-        return batch[:, :-1], batch[:, 1:]
+        return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()  # contiguous: .view() works on them
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, "seed": self.seed}

@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from glassgpt.data.loader import sequential_windows
 
@@ -41,7 +42,9 @@ def evaluate_bpb(model, tokens: np.ndarray, token_bytes: np.ndarray, seq_len: in
     for x, y in sequential_windows(tokens, seq_len, batch_size, rank, world_size):
         x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
         with autocast():
-            losses = model(x, y, loss_reduction="none")  # (B, T), 0 where y == -1
+            logits = model(x)  # (B, T, V): any model that maps ids to logits can be evaluated
+        losses = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1,
+                                 reduction="none").view(y.shape)  # (B, T), 0 where y == -1
         target_bytes = torch.where(y >= 0, byte_table[y.clamp(min=0)], 0)  # (B, T)
         counted = target_bytes > 0
         nats += losses.double()[counted].sum()

@@ -16,6 +16,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.overrides import TorchFunctionMode
 
 from glassgpt.model import taps
 from glassgpt.model.config import GPTConfig
@@ -213,6 +214,20 @@ class Block(nn.Module):
         return tap(names["resid.post"], tap(names["mlp.norm"], self.norm_2(x + h if self.residual else h)))
 
 
+class _SkipInitOnMeta(TorchFunctionMode):
+    """Meta tensors hold no values, so nn.Linear's default initialisers have nothing to do there;
+    and PyTorch runs them (and arange) on meta through Python kernels whose first use imports
+    torch._dynamo and sympy, 2-3 s at start-up. Skip the initialisers, make arange on the CPU."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if getattr(func, "__module__", None) == "torch.nn.init":
+            return args[0] if args else kwargs["tensor"]
+        if func is torch.arange and kwargs.get("device") is None:
+            kwargs["device"] = "cpu"
+        return func(*args, **kwargs)
+
+
 class GPT(nn.Module):
     """Token ids (B, T) → logits (B, T, V), or → the loss when targets are given.
 
@@ -246,8 +261,12 @@ class GPT(nn.Module):
 
     @classmethod
     def build(cls, config: GPTConfig, device: str | torch.device = "cpu", init: bool = True) -> "GPT":
-        with torch.device("meta"):
+        """Construct on the meta device (shapes only), then materialise on `device` and initialise.
+        device="meta" returns the shapes-only model (for counting parameters and FLOPs)."""
+        with torch.device("meta"), _SkipInitOnMeta():
             model = cls(config)
+        if torch.device(device).type == "meta":
+            return model
         model.to_empty(device=device)
         model.init_buffers()
         if init:
@@ -316,11 +335,11 @@ class GPT(nn.Module):
                     nn.init.zeros_(module.bias)
         self.init_buffers()
 
-    def forward(self, idx, targets=None, kv_cache: "KVCache | None" = None, loss_reduction: str = "mean"):
-        """idx (B, T) int64 → logits (B, T, V) fp32; with targets (B, T) → the loss.
+    def forward(self, idx, targets=None, kv_cache: "KVCache | None" = None):
+        """idx (B, T) int64 → logits (B, T, V) fp32; with targets (B, T) → the mean loss.
 
-        Targets equal to -1 are ignored. loss_reduction "mean" averages over the counted targets
-        (0, not NaN, when none count), "sum" adds them, "none" returns the (B, T) losses.
+        Targets equal to -1 are ignored; the mean is over the counted ones (0, not NaN, when a
+        batch has none, as in a chat batch whose positions are all masked).
         """
         B, T = idx.shape
         offset = kv_cache.pos if kv_cache is not None else 0
@@ -351,13 +370,8 @@ class GPT(nn.Module):
         losses = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1),
                                  ignore_index=-1, reduction="none").view(B, T)
         losses = tap("loss.per_token", losses)  # (B, T), 0 where the target is ignored
-        if loss_reduction == "none":
-            return losses
-        total = losses.sum()
-        if loss_reduction == "sum":
-            return total
         counted = (targets != -1).sum()
-        return tap("loss", total / counted.clamp(min=1))
+        return tap("loss", losses.sum() / counted.clamp(min=1))
 
 
 class KVCache:

@@ -1,17 +1,37 @@
-"""Parameter and FLOP accounting for a GPTConfig, computed from the model built on the meta device
-(no memory for weights), so the numbers are the model's own, never a second formula to drift."""
+"""Parameter, FLOP and memory accounting for a GPTConfig, computed from the model built on the meta
+device (shapes only, no memory for weights), so the numbers are the model's own, never a second
+formula to drift.
+
+- `count_parameters`: every tensor of `named_parameters()`, grouped by name (one block's tensors
+  grouped across all blocks); the groups add up to `sum(p.numel() for p in model.parameters())`.
+- `flops_per_token`: training FLOPs per token, the 6N + attention convention used for MFU.
+- `training_memory`: weights, gradients, optimiser state (split between Muon and AdamW as
+  `train.optim.build_optimizers` splits it) and a rough activation estimate, fp32 and bf16 mixed.
+- `analyse` gathers all of it into a `ScaleReport`; `render` prints it (`glassgpt scale`).
+
+This module sits on the path of `glassgpt scale`, which must start fast: it imports only torch and
+the model package at the top (rich and the train config where used), and it never touches what
+imports torch._dynamo or sympy (a meta-device `normal_`/`arange`, a torch optimiser): 1-3 s each.
+"""
 
 from __future__ import annotations
+
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from fractions import Fraction
 
 import torch
 
 from glassgpt.model.config import GPTConfig
 from glassgpt.model.gpt import GPT
 
+BYTES_PER_ELEMENT = {"fp32": 4, "bf16": 2}
+
 
 def meta_model(config: GPTConfig) -> GPT:
-    with torch.device("meta"):
-        return GPT(config)
+    """The model with every parameter on the meta device: real names and shapes, no values."""
+    return GPT.build(config, "meta")
 
 
 def matmul_params(model: GPT) -> int:
@@ -23,7 +43,14 @@ def matmul_params(model: GPT) -> int:
     return count
 
 
-def flops_per_token(config: GPTConfig, seq_len: int | None = None) -> float:
+def attention_flops_per_token(config: GPTConfig, seq_len: int | None = None) -> int:
+    """12 x n_layer x n_head x head_dim x seq_len: q·k and pattern·v (2 FLOPs per multiply-add,
+    each a T x T x D product per head), forward and backward (x 3)."""
+    seq_len = seq_len or config.sequence_len
+    return 12 * config.n_layer * config.n_head * config.head_dim * seq_len
+
+
+def flops_per_token(config: GPTConfig, seq_len: int | None = None, model: GPT | None = None) -> int:
     """Training FLOPs per token (forward + backward), the convention used for MFU:
 
         6 x matmul parameters                       (2 for the forward multiply-add, 4 for backward)
@@ -32,6 +59,412 @@ def flops_per_token(config: GPTConfig, seq_len: int | None = None) -> float:
     The attention term counts the full T x T product; causal kernels skip about half of it, so
     MFU computed with this count slightly overstates the work done (the common convention).
     """
-    seq_len = seq_len or config.sequence_len
+    model = model or meta_model(config)
+    return 6 * matmul_params(model) + attention_flops_per_token(config, seq_len)
+
+
+# -- parameters ----------------------------------------------------------------------------------
+
+# What each module is, by its name inside the model (a block's modules without "blocks.<i>.").
+MODULE_ROLES = {
+    "wte": "token embedding",
+    "wpe": "position embedding (learned)",
+    "embed_norm": "norm after the embedding",
+    "norm_1": "norm before attention",
+    "attn.c_q": "attention: queries",
+    "attn.c_k": "attention: keys",
+    "attn.c_v": "attention: values",
+    "attn.c_proj": "attention: output projection",
+    "attn.q_norm": "QK-norm gain on queries",
+    "attn.k_norm": "QK-norm gain on keys",
+    "norm_2": "norm before the MLP",
+    "mlp.c_fc": "MLP: up-projection",
+    "mlp.c_proj": "MLP: down-projection",
+    "final_norm": "final norm",
+    "lm_head": "LM head (logits)",
+}
+_BLOCK_PARAMETER = re.compile(r"blocks\.(\d+)\.(.+)")
+
+
+@dataclass
+class ParameterGroup:
+    """Parameters with one name, or, inside the blocks, one name in every block (`blocks.*.x`)."""
+
+    name: str  # "wte.weight", "blocks.*.attn.c_q.weight"
+    role: str  # "token embedding", "attention: queries (bias)"
+    shape: list[int]  # of one tensor ([] when the group is empty)
+    count: int  # elements in the whole model
+    per_layer: int | None = None  # elements in block 0; None outside the blocks
+    percent: float = 0.0  # of the total, rounded so that all groups add up to exactly 100
+
+    @property
+    def in_blocks(self) -> bool:
+        return self.per_layer is not None
+
+
+@dataclass
+class ParameterCounts:
+    groups: list[ParameterGroup]  # every parameter tensor in exactly one group, in model order
+    n_layer: int
+    tied: bool
+    total: int  # == sum(p.numel() for p in model.parameters()), checked
+
+    @property
+    def layer_total(self) -> int:
+        """Parameters of one block (block 0)."""
+        return sum(g.per_layer for g in self.groups if g.in_blocks)
+
+    @property
+    def layers_total(self) -> int:
+        """Parameters of all blocks."""
+        return sum(g.count for g in self.groups if g.in_blocks)
+
+    @property
+    def layers_percent(self) -> float:
+        return round(sum(g.percent for g in self.groups if g.in_blocks), 2)
+
+
+def _role(key: str) -> str:
+    module, _, kind = key.removeprefix("blocks.*.").rpartition(".")
+    role = MODULE_ROLES.get(module, module)
+    return f"{role} (bias)" if kind == "bias" else role
+
+
+def count_parameters(model: GPT) -> ParameterCounts:
+    """Group `model.named_parameters()` by name. A tied head is the embedding matrix itself, so
+    `named_parameters()` yields it once and it is counted once; its row says "0 extra"."""
+    groups: dict[str, ParameterGroup] = {}
+    for name, parameter in model.named_parameters():
+        in_block = _BLOCK_PARAMETER.fullmatch(name)
+        key = f"blocks.*.{in_block[2]}" if in_block else name
+        if key not in groups:
+            groups[key] = ParameterGroup(key, _role(key), list(parameter.shape), 0, 0 if in_block else None)
+        groups[key].count += parameter.numel()
+        if in_block and in_block[1] == "0":
+            groups[key].per_layer += parameter.numel()
+    rows = list(groups.values())
+    # The final norm and the head always get a row, so a reader sees "0" rather than wonders.
+    if not any(g.name.startswith("final_norm.") for g in rows):
+        at = next((i for i, g in enumerate(rows) if g.name.startswith("lm_head.")), len(rows))
+        rows.insert(at, ParameterGroup("final_norm", "final norm: parameter-free (or none)", [], 0))
+    if not any(g.name.startswith("lm_head.") for g in rows):
+        rows.append(ParameterGroup("lm_head", "LM head: tied with the embedding, 0 extra", [], 0))
+    total = sum(g.count for g in rows)
+    assert total == sum(p.numel() for p in model.parameters()), "a parameter was counted twice or missed"
+    for group, percent in zip(rows, rounded_percentages([g.count for g in rows])):
+        group.percent = percent
+    return ParameterCounts(rows, model.config.n_layer, model.lm_head is None, total)
+
+
+def rounded_percentages(counts: list[int], decimals: int = 2) -> list[float]:
+    """Each count's share of their sum, in percent, rounded to `decimals` places so that the
+    rounded values add up to exactly 100 (largest remainder: the units lost to rounding down go
+    to the counts that lost the most). Exact rational arithmetic, so no float can tip a tie."""
+    total = sum(counts)
+    if total <= 0:
+        raise ValueError("percentages of nothing: the counts sum to 0")
+    unit = 10**decimals
+    exact = [Fraction(count * 100 * unit, total) for count in counts]  # in units of 10^-decimals %
+    floors = [math.floor(value) for value in exact]
+    missing = 100 * unit - sum(floors)
+    # Equal counts (the same matrix in every block...) should show equal percentages: hand the
+    # units out to all equal counts at once while that fits, then one by one.
+    classes: dict[int, list[int]] = {}
+    for i in sorted(range(len(counts)), key=lambda i: exact[i] - floors[i], reverse=True):
+        classes.setdefault(counts[i], []).append(i)
+    for members in classes.values():
+        if 0 < len(members) <= missing and exact[members[0]] != floors[members[0]]:
+            for i in members:
+                floors[i] += 1
+            missing -= len(members)
+    for i in sorted(range(len(counts)), key=lambda i: exact[i] - floors[i], reverse=True)[:missing]:
+        floors[i] += 1
+    return [value / unit for value in floors]
+
+
+# -- memory ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class OptimizerSplit:
+    kind: str  # "muon" (Muon for the block matrices, AdamW for the rest) or "adamw" (AdamW for all)
+    muon_params: int  # one momentum buffer each
+    adamw_params: int  # two moments (exp_avg, exp_avg_sq) each
+
+
+def optimizer_split(model: GPT) -> OptimizerSplit:
+    """Which parameters each optimiser holds, by the rule `build_optimizers` uses
+    (`is_block_matrix`): with Muon, the block matrices get Muon and all others AdamW; with AdamW
+    alone, everything. The optimiser is the training default for the family
+    (`TrainConfig.resolved_optimizer`): Muon for nanochat, AdamW for gpt2.
+
+    Not asked of `build_optimizers` itself: constructing a torch optimiser imports torch._dynamo
+    (~2 s), which would be most of this command's time.
+    """
+    from glassgpt.config import TrainConfig
+    from glassgpt.train.optim import is_block_matrix
+
+    kind = TrainConfig(family=model.config.family).resolved_optimizer
+    muon = adamw = 0
+    for name, parameter in model.named_parameters():
+        if kind == "muon" and is_block_matrix(name, parameter):
+            muon += parameter.numel()
+        else:
+            adamw += parameter.numel()
+    return OptimizerSplit(kind, muon, adamw)
+
+
+def activation_elements_per_token(config: GPTConfig) -> dict[str, int]:
+    """A rough count of the activations autograd keeps for the backward pass, per token.
+
+    Per block (C n_embd, H/Hkv query/key-value heads of D, M mlp_hidden):
+        4C             the stream and its normalised copy, before attention and before the MLP
+        (H + 2Hkv)D    q, k, v as attention reads them
+        (H + Hkv)D     q and k before QK-norm (with qk_norm)
+        HD             the heads' output, which c_proj reads
+        2M             the MLP's hidden layer before and after the activation
+    Outside the blocks: 2C (final norm input and output), C more with the embedding norm, and the
+    fp32 logits: 2V with a softcap (tanh output, log-softmax for the loss), V without.
+    Not counted: per-row norm statistics, dropout masks, and T x T attention patterns, which the
+    fused attention kernel never stores (the explicit path used when tracing stores H x T per
+    token per layer). A test checks this against the tensors autograd really saves.
+    """
+    C, M, V, D = config.n_embd, config.mlp_hidden, config.vocab_size, config.head_dim
+    H, Hkv = config.n_head, config.n_kv_head
+    per_layer = 4 * C + (H + 2 * Hkv) * D + ((H + Hkv) * D if config.qk_norm else 0) + H * D + 2 * M
+    return {
+        "per_layer": per_layer,
+        "blocks": config.n_layer * per_layer,
+        "stream": (3 if config.embed_norm else 2) * C,
+        "logits": (2 if config.softcap is not None else 1) * V,
+    }
+
+
+ACTIVATION_FORMULA = (
+    "activations per token ≈ n_layer x [4C + (H + 2·Hkv)·D + (H + Hkv)·D with QK-norm + H·D + 2·mlp_hidden] "
+    "+ 3C (2C without embedding norm), in the block dtype, + 2V fp32 logits (V without softcap); not counted: "
+    "norm statistics, dropout masks, T x T attention patterns (the fused kernel keeps none)"
+)
+
+
+@dataclass
+class MemoryEstimate:
+    """Bytes to train, in one precision. `total` is a rough peak: all of it alive at once."""
+
+    precision: str  # "fp32" or "bf16 mixed"
+    weights: int
+    weight_copies: int  # bf16 copies autocast makes of the matmul weights (kept for backward)
+    gradients: int
+    muon_state: int
+    adamw_state: int
+    activations: int
+    tokens: int  # batch_size x seq_len the activations are for
+
+    @property
+    def total(self) -> int:
+        return (self.weights + self.weight_copies + self.gradients + self.muon_state + self.adamw_state
+                + self.activations)
+
+
+def training_memory(config: GPTConfig, counts: ParameterCounts, split: OptimizerSplit, n_matmul: int,
+                    batch_size: int, seq_len: int) -> list[MemoryEstimate]:
+    """fp32 and bf16 mixed precision. Under autocast the weights stay fp32 (master weights), their
+    gradients are fp32, and so is the optimiser state; only matmul inputs and outputs are bf16."""
+    fp32 = BYTES_PER_ELEMENT["fp32"]
+    activations = activation_elements_per_token(config)
+    tokens = batch_size * seq_len
+    estimates = []
+    for precision, block_dtype in (("fp32", "fp32"), ("bf16 mixed", "bf16")):
+        per_token = ((activations["blocks"] + activations["stream"]) * BYTES_PER_ELEMENT[block_dtype]
+                     + activations["logits"] * fp32)
+        estimates.append(MemoryEstimate(
+            precision=precision,
+            weights=counts.total * fp32,
+            weight_copies=n_matmul * BYTES_PER_ELEMENT["bf16"] if block_dtype == "bf16" else 0,
+            gradients=counts.total * fp32,
+            muon_state=split.muon_params * fp32,  # momentum buffer
+            adamw_state=split.adamw_params * 2 * fp32,  # first and second moments
+            activations=per_token * tokens,
+            tokens=tokens,
+        ))
+    return estimates
+
+
+# -- the whole analysis -------------------------------------------------------------------------------
+
+
+@dataclass
+class ScaleReport:
+    config: GPTConfig
+    parameters: ParameterCounts
+    matmul_params: int
+    attention_flops_per_token: int
+    train_flops_per_token: int
+    batch_tokens: int | None
+    optimizer: OptimizerSplit
+    batch_size: int
+    memory: list[MemoryEstimate]
+    activation_elements: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def forward_flops_per_token(self) -> int:
+        return self.train_flops_per_token // 3  # the forward pass is one of the three matmul passes
+
+    @property
+    def train_flops_per_step(self) -> int | None:
+        return None if self.batch_tokens is None else self.train_flops_per_token * self.batch_tokens
+
+    def to_dict(self) -> dict:
+        parameters = self.parameters
+        return {
+            "config": self.config.to_dict(),
+            "parameters": {
+                "total": parameters.total,
+                "tied_embeddings": parameters.tied,
+                "per_layer": parameters.layer_total,
+                "all_layers": parameters.layers_total,
+                "groups": [asdict(g) for g in parameters.groups],
+            },
+            "flops": {
+                "matmul_params": self.matmul_params,
+                "attention_per_token": self.attention_flops_per_token,
+                "train_per_token": self.train_flops_per_token,
+                "forward_per_token": self.forward_flops_per_token,
+                "batch_tokens": self.batch_tokens,
+                "train_per_step": self.train_flops_per_step,
+            },
+            "optimizer": asdict(self.optimizer),
+            "activations": {"batch_size": self.batch_size, "seq_len": self.config.sequence_len,
+                            "elements_per_token": self.activation_elements, "formula": ACTIVATION_FORMULA},
+            "memory_bytes": {m.precision: {**asdict(m), "total": m.total} for m in self.memory},
+        }
+
+
+def analyse(config: GPTConfig, batch_size: int = 1, batch_tokens: int | None = None) -> ScaleReport:
+    """Everything `glassgpt scale` prints, from one meta build of the model."""
     model = meta_model(config)
-    return 6 * matmul_params(model) + 12 * config.n_layer * config.n_head * config.head_dim * seq_len
+    counts = count_parameters(model)
+    n_matmul = matmul_params(model)
+    split = optimizer_split(model)
+    return ScaleReport(
+        config=config,
+        parameters=counts,
+        matmul_params=n_matmul,
+        attention_flops_per_token=attention_flops_per_token(config),
+        train_flops_per_token=flops_per_token(config, model=model),
+        batch_tokens=batch_tokens,
+        optimizer=split,
+        batch_size=batch_size,
+        memory=training_memory(config, counts, split, n_matmul, batch_size, config.sequence_len),
+        activation_elements=activation_elements_per_token(config),
+    )
+
+
+# -- printing --------------------------------------------------------------------------------------------
+
+
+def human(number: float, unit: str = "") -> str:
+    """3_491_758_080 → '3.49 G' (decimal prefixes)."""
+    for prefix, scale in (("P", 1e15), ("T", 1e12), ("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if abs(number) >= scale:
+            return f"{number / scale:.2f} {prefix}{unit}"
+    return f"{number:g} {unit}".rstrip()
+
+
+def human_bytes(n: int) -> str:
+    """Binary units, as memory is sold: 1 GiB = 2^30 bytes."""
+    for prefix, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:,.2f} {prefix}"
+    return f"{n:,} B"
+
+
+def render(report: ScaleReport, out) -> None:
+    """Print the report on a rich console: parameters, FLOPs, memory, each with its convention."""
+    from rich import box
+    from rich.table import Table
+
+    config, parameters = report.config, report.parameters
+    out.print(
+        f"[bold]{config.family}[/] depth {config.n_layer}: width {config.n_embd}, {config.n_head} heads of "
+        f"{config.head_dim} ({config.n_kv_head} key/value heads), MLP {config.mlp_hidden}, vocab "
+        f"{config.vocab_size:,}, seq_len {config.sequence_len:,}. Built on the meta device: shapes only, "
+        f"no memory for weights."
+    )
+
+    # Numbers are never wrapped or cut; the "what" column appears only where it fits.
+    show_roles = out.width >= 112
+    table = Table(title="parameters, grouped from the model's own named_parameters()", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False)
+    table.add_column("parameter", no_wrap=True)
+    if show_roles:
+        table.add_column("what")
+    shapes = [" x ".join(f"{d:,}" for d in group.shape) or "—" for group in parameters.groups]
+    numbers = [("shape", max(map(len, shapes))), ("one layer", len(f"{parameters.layer_total:,}")),
+               ("whole model", len(f"{parameters.total:,}")), ("%", 6)]
+    for column, width in numbers:
+        table.add_column(column, justify="right", no_wrap=True, min_width=width)
+
+    def row(name: str, role: str, *cells: str, **style) -> None:
+        table.add_row(name, *([role] if show_roles else []), *cells, **style)
+
+    groups = parameters.groups
+    for index, (group, shape) in enumerate(zip(groups, shapes)):
+        if group.in_blocks and (index == 0 or not groups[index - 1].in_blocks):
+            row(f"blocks.0 … blocks.{parameters.n_layer - 1}, each:", "", "", "", "", "", style="bold")
+        name = "  " + group.name.removeprefix("blocks.*.") if group.in_blocks else group.name
+        per_layer = f"{group.per_layer:,}" if group.in_blocks else ""
+        row(name, group.role, shape, per_layer, f"{group.count:,}", f"{group.percent:.2f}")
+        if group.in_blocks and (index + 1 == len(groups) or not groups[index + 1].in_blocks):
+            row(f"  one layer / all {parameters.n_layer} layers", "subtotal", "", f"{parameters.layer_total:,}",
+                f"{parameters.layers_total:,}", f"{parameters.layers_percent:.2f}", style="bold", end_section=True)
+    row("total", "= sum(p.numel() for p in model.parameters())", "", "", f"{parameters.total:,}", "100.00",
+        style="bold")
+    out.print(table)
+    tied = "; the tied head is the embedding matrix, counted once" if parameters.tied else ""
+    out.print(f"total parameters: [bold]{parameters.total:,}[/] ({human(parameters.total)}) = sum(p.numel() for p "
+              f"in model.parameters()){tied}. Percentages are rounded so that they add up to exactly 100.")
+
+    table = Table(title="compute (FLOPs)", title_justify="left")
+    table.add_column("what")
+    table.add_column("FLOPs", justify="right")
+    table.add_column("", justify="right")
+    table.add_row("training, per token (forward + backward)", f"{report.train_flops_per_token:,}",
+                  human(report.train_flops_per_token, "FLOP"))
+    table.add_row("forward only, per token (one third)", f"{report.forward_flops_per_token:,}",
+                  human(report.forward_flops_per_token, "FLOP"))
+    if report.train_flops_per_step is not None:
+        table.add_row(f"one training step of {report.batch_tokens:,} tokens", f"{report.train_flops_per_step:,}",
+                      human(report.train_flops_per_step, "FLOP"))
+    out.print(table)
+    out.print(
+        f"convention: 6 x N_matmul (2 forward multiply-add + 4 backward; N_matmul = {report.matmul_params:,}: "
+        f"the 2-D weights used in matmuls, embedding lookups excluded, head included) + 12 x n_layer x n_head "
+        f"x head_dim x seq_len for q·k and pattern·v (= {report.attention_flops_per_token:,}, the full T x T)"
+    )
+
+    split = report.optimizer
+    table = Table(title=f"memory to train (batch {report.batch_size} x {config.sequence_len:,} tokens)",
+                  title_justify="left")
+    table.add_column("what")
+    for estimate in report.memory:
+        table.add_column(estimate.precision, justify="right")
+    rows = [
+        ("weights (fp32; bf16: fp32 master weights kept)", "weights"),
+        ("bf16 copies of the matmul weights (autocast)", "weight_copies"),
+        ("gradients (fp32, like the weights)", "gradients"),
+        (f"Muon: 1 momentum buffer x {split.muon_params:,} params", "muon_state"),
+        (f"AdamW: 2 fp32 moments x {split.adamw_params:,} params", "adamw_state"),
+        (f"activations (rough, {report.batch_size * config.sequence_len:,} tokens)", "activations"),
+    ]
+    for label, attribute in rows:
+        table.add_row(label, *(human_bytes(getattr(m, attribute)) if getattr(m, attribute) else "—"
+                               for m in report.memory))
+    table.add_row("total (rough peak)", *(human_bytes(m.total) for m in report.memory), style="bold")
+    out.print(table)
+    who = ("Muon for the 2-D matrices inside the blocks, AdamW for embeddings, head and gains"
+           if split.kind == "muon" else "AdamW for every parameter (family gpt2)")
+    out.print(f"optimiser: {who}, as train.optim.build_optimizers files them.")
+    out.print("bf16 mixed = autocast: fp32 master weights, gradients and optimiser state; bf16 matmul "
+              "inputs and outputs; logits in fp32.")
+    out.print(f"rough formula: {ACTIVATION_FORMULA}", markup=False)

@@ -182,7 +182,7 @@ class StopRequest:
 # -- the loop ----------------------------------------------------------------------------------------
 
 
-def train(config: TrainConfig, resume: bool = False, model_class: type = GPT) -> TrainResult:
+def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     """Train (or continue training) the run described by `config`."""
     out = ui.console()
     runtime = devices.setup(config.device, config.dtype)
@@ -195,10 +195,10 @@ def train(config: TrainConfig, resume: bool = False, model_class: type = GPT) ->
         raise GlassError(f"run {config.run!r} has no checkpoint to resume from; train it without --resume")
     check_writable(run_dir)
 
-    torch.manual_seed(config.seed)
     corpus, tokenizer, data = prepare_data(config, runtime, say)
     model_config = config.model_config(tokenizer.vocab_size)
-    model = model_class.build(model_config, runtime.device) if hasattr(model_class, "build") else model_class(model_config)
+    model = build_model(config, model_config, runtime.device, say)
+    torch.manual_seed(config.seed)  # the data order and dropout: the same whichever model was built
     optimizers = build_optimizers(model, OptimizerSettings(
         kind=config.resolved_optimizer, matrix_lr=config.matrix_lr, embedding_lr=config.embedding_lr,
         unembedding_lr=config.unembedding_lr, scalar_lr=config.scalar_lr, adamw_lr=config.adamw_lr,
@@ -338,6 +338,31 @@ def train(config: TrainConfig, resume: bool = False, model_class: type = GPT) ->
             final_samples = samples_file.read_text(encoding="utf-8").split("=== step ")[-1].split("\n---\n")[:-1]
     devices.teardown(runtime)
     return TrainResult(run_dir, step, last_bpb, final_samples, interrupted, train_seconds)
+
+
+def build_model(config: TrainConfig, model_config, device, say=print) -> torch.nn.Module:
+    """The reference GPT, or the learner's (--model FILE.py), initialised from the seed."""
+    torch.manual_seed(config.seed)
+    if not config.model_file:
+        return GPT.build(model_config, device)
+    from glassgpt.learn.loader import learner_gpt_class, trace_coverage
+
+    reference = GPT.build(model_config, device) if config.init == "reference" else None  # same seed, same numbers
+    model = learner_gpt_class(config.model_file)(model_config).to(device)
+    if reference is not None:
+        from glassgpt.learn.checks import CheckFailed, load_into
+
+        try:
+            load_into(model, reference, "your GPT")
+        except CheckFailed as error:
+            raise GlassError(f"{config.model_file}: {error} (glassgpt learn check tells more)") from None
+    else:
+        model.init_weights()
+    emitted, missing = trace_coverage(model, model_config, device)
+    say(f"your model ({config.model_file}) emits {len(emitted)} of {len(emitted) + len(missing)} trace points"
+        + (f"; not emitted: {', '.join(missing[:8])}{' …' if len(missing) > 8 else ''} "
+           "(add tap(name, x) calls to see them in glassgpt trace)" if missing else ""))
+    return model
 
 
 def grad_accumulation_steps(total_batch_size: int, tokens_per_pass: int) -> int:

@@ -83,6 +83,11 @@ class OptimizerSettings:
     beta2: float
 
 
+def is_block_matrix(name: str, parameter: torch.Tensor) -> bool:
+    """The parameters Muon takes: the 2-D weight matrices inside the blocks."""
+    return name.startswith("blocks.") and parameter.dim() == 2
+
+
 def build_optimizers(model: torch.nn.Module, settings: OptimizerSettings) -> list[torch.optim.Optimizer]:
     """Split the model's parameters into groups and give each group its optimiser.
 
@@ -102,7 +107,7 @@ def build_optimizers(model: torch.nn.Module, settings: OptimizerSettings) -> lis
 
     width_scale = (model.config.n_embd / 768) ** -0.5
     tied = model.lm_head is None
-    matrices = [p for n, p in named.items() if n.startswith("blocks.") and p.dim() == 2]
+    matrices = [p for n, p in named.items() if is_block_matrix(n, p)]
     embeddings = [p for n, p in named.items() if n in ("wte.weight", "wpe.weight") and not (tied and n == "wte.weight")]
     # A tied matrix is also the head, and the head needs the small step: a large one swings all logits.
     head = [named["wte.weight"]] if tied else [named["lm_head.weight"]]

@@ -1,0 +1,257 @@
+"""`glassgpt learn check`: run the checks in a worker process, enforce time limits, report.
+
+The worker runs the checks in order and appends one JSON line per event. This side watches the
+clock: a check that runs past its limit is reported as `timeout`, the worker is killed and a fresh
+one continues with the next checks; a worker that dies (a crash in the learner's module) is
+reported as `error`. What the learner's module printed is kept in a log and summarised.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.markup import escape
+
+from glassgpt.errors import GlassError, UsageError
+from glassgpt.learn.checks import CHECKS, MILESTONES
+from glassgpt.learn.mistakes import BY_ID
+
+SYMBOLS = {"pass": "[green]✓[/]", "fail": "[red]✗[/]", "error": "[red]✗[/]", "timeout": "[red]⧗[/]",
+           "not_started": "[dim]·[/]"}
+
+
+@dataclass
+class Report:
+    file: str
+    family: str
+    checks: list[dict] = field(default_factory=list)
+    milestones: dict[str, bool] = field(default_factory=dict)
+    printed_lines: int = 0
+    printed_head: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c["status"] == "pass" for c in self.checks)
+
+    def to_json(self) -> str:
+        keys = ("name", "phase", "status", "max_abs_error", "mistake", "hint", "message", "todo")
+        return json.dumps({"file": self.file, "family": self.family, "passed": self.passed,
+                           "milestones": self.milestones, "printed_lines": self.printed_lines,
+                           "checks": [{k: c.get(k) for k in keys} for c in self.checks]}, indent=1)
+
+
+def check_names(family: str, component: str | None = None) -> list[str]:
+    names = [c.name for c in CHECKS if family in c.families]
+    if component is None:
+        return names
+    matching = [n for n in names if n == component or n.split(".", 1)[1] == component]
+    if not matching:
+        raise UsageError(f"--component {component!r} is not a check; checks: {', '.join(names)}")
+    return matching
+
+
+def grade(path: str | Path, component: str | None = None, time_limit: float = 60.0) -> Report:
+    path = Path(path)
+    if not path.is_file():
+        raise GlassError(f"{path} does not exist; create it with: glassgpt learn init {path.name}")
+    with tempfile.TemporaryDirectory(prefix="glassgpt-grade-") as tmp:
+        results, log = Path(tmp) / "results.jsonl", Path(tmp) / "printed.log"
+        results.touch()
+        log.touch()
+        family = _family_of(path)
+        remaining = check_names(family, component)
+        report = Report(str(path), family)
+        known: dict[str, str] = {}
+        first_run = True
+        while first_run or remaining:
+            outcome = _run_worker(path, results, log, remaining, known, time_limit)
+            first_run = False
+            for record in outcome.records:
+                if record["name"] == "import":
+                    if record["status"] != "pass":
+                        report.checks.append(record)
+                        remaining = []
+                    else:
+                        report.family = record.get("family", family)
+                    continue
+                report.checks.append(record)
+                known[record["name"]] = record["status"]
+            done = {r["name"] for r in outcome.records}
+            if outcome.stuck:  # the check that was running when the worker was stopped
+                status, message = outcome.stuck_status, outcome.stuck_message
+                if outcome.stuck == "import":
+                    report.checks.append({"name": "import", "phase": "initialisation", "status": status, "message":
+                                          message.replace("this check", f"importing {path.name}")})
+                    remaining = []
+                else:
+                    phase = next(c.phase for c in CHECKS if c.name == outcome.stuck)
+                    report.checks.append({"name": outcome.stuck, "phase": phase, "status": status, "message": message})
+                    known[outcome.stuck] = status
+                    done.add(outcome.stuck)
+            remaining = [n for n in remaining if n not in done]
+            if not outcome.stuck:
+                break
+        reached = {m for c in report.checks for m in c.get("milestones") or []}
+        report.milestones = {m: m in reached for m in MILESTONES[:-1]}
+        report.milestones["matches the reference"] = report.passed
+        printed = log.read_text(encoding="utf-8", errors="replace").splitlines()
+        report.printed_lines, report.printed_head = len(printed), printed[:3]
+    return report
+
+
+def _family_of(path: Path) -> str:
+    """Read FAMILY = "..." without importing (importing is the worker's job)."""
+    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        if line.startswith("FAMILY") and "=" in line:
+            value = line.split("=", 1)[1].split("#")[0].strip().strip("'\"")
+            if value in ("nanochat", "gpt2"):
+                return value
+    return "nanochat"
+
+
+@dataclass
+class _Outcome:
+    records: list[dict]
+    stuck: str | None = None
+    stuck_status: str = ""
+    stuck_message: str = ""
+
+
+def _run_worker(path: Path, results: Path, log: Path, checks: list[str], known: dict[str, str],
+                time_limit: float) -> _Outcome:
+    offset = results.stat().st_size
+    command = [sys.executable, "-m", "glassgpt.learn.worker", str(path), str(results), "--log", str(log),
+               "--checks", ",".join(checks), "--known", ",".join(f"{k}={v}" for k, v in known.items())]
+    with open(log, "ab") as sink:
+        process = subprocess.Popen(command, stdout=sink, stderr=sink, start_new_session=True,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    current, started, records = None, time.monotonic(), []
+    # Starting Python and torch is not the learner's time: the import gets the limit plus start-up.
+    budget = time_limit + 30
+    try:
+        while True:
+            for line in _new_lines(results, offset):
+                offset += len(line.encode("utf-8")) + 1
+                record = json.loads(line)
+                if record["event"] == "start":
+                    current, started = record["name"], time.monotonic()
+                    budget = time_limit + (30 if current == "import" else 0)
+                else:
+                    records.append({k: v for k, v in record.items() if k != "event"})
+                    current = None
+            if process.poll() is not None:
+                for line in _new_lines(results, offset):
+                    record = json.loads(line)
+                    if record["event"] == "result":
+                        records.append({k: v for k, v in record.items() if k != "event"})
+                        current = None
+                if current is not None or (process.returncode != 0 and not records):
+                    return _Outcome(records, current or "import", "error",
+                                    f"the worker stopped during this check (exit code {process.returncode}: "
+                                    "a crash or os._exit in your module?)")
+                return _Outcome(records)
+            if current is not None and time.monotonic() - started > budget:
+                _kill(process)
+                return _Outcome(records, current, "timeout",
+                                f"this check did not finish within {time_limit:g} s (an endless loop?); "
+                                "it was stopped")
+            time.sleep(0.05)
+    except BaseException:
+        _kill(process)
+        raise
+
+
+def _new_lines(path: Path, offset: int) -> list[str]:
+    with open(path, "rb") as file:
+        file.seek(offset)
+        data = file.read()
+    if not data.endswith(b"\n"):
+        data = data[: data.rfind(b"\n") + 1]
+    return [line for line in data.decode("utf-8").split("\n") if line]
+
+
+def _kill(process: subprocess.Popen) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.wait()
+
+
+# -- output -----------------------------------------------------------------------------------------
+
+
+def render(report: Report, console: Console) -> None:
+    console.print(f"[bold]glassgpt learn check[/] {escape(report.file)} ({report.family} family)")
+    phase = None
+    first_problem = None
+    for check in report.checks:
+        if check["phase"] != phase:
+            phase = check["phase"]
+            console.print(f"[bold magenta]{phase}[/]")
+        detail = "" if check["status"] == "pass" else f"  [dim]{escape(check.get('message') or '')}[/]"
+        console.print(f"  {SYMBOLS.get(check['status'], '?')} {check['name']}{detail}", highlight=False)
+        if first_problem is None and check["status"] in ("fail", "error", "timeout"):
+            first_problem = check
+    console.print("[bold magenta]milestones[/]")
+    console.print("  " + "   ".join(f"{'[green]✓[/]' if ok else '[dim]·[/]'} {m}" for m, ok in report.milestones.items()))
+    if first_problem:
+        console.print()
+        console.print(f"[bold red]first problem: {first_problem['name']}[/]")
+        for line in _detail(first_problem):
+            console.print(f"  {line}", highlight=False)
+    if report.printed_lines:
+        shown = "; ".join(escape(line[:80]) for line in report.printed_head)
+        console.print(f"[dim]your module printed {report.printed_lines:,} line(s) while being checked"
+                      f"{' (first: ' + shown + ')' if shown else ''}[/]")
+    if report.passed:
+        console.print("[bold green]every check passes: your GPT matches the reference.[/] Train it: "
+                      f"glassgpt train --model {escape(report.file)} --preset "
+                      f"{'cpu-tiny' if report.family == 'nanochat' else 'cpu-tiny-gpt2'} --run mine")
+
+
+def _detail(check: dict) -> list[str]:
+    lines = [escape(check.get("message") or "")]
+    comparison = check.get("comparison")
+    if comparison:
+        lines.append(f"compared: {escape(comparison['what'])}")
+        lines.append(f"shapes: expected {tuple(comparison['expected_shape'])}, got {tuple(comparison['got_shape'])}")
+        if comparison.get("max_abs_error") is not None:
+            lines.append(f"max abs error {comparison['max_abs_error']:.3g}, max rel error {comparison['max_rel_error']:.3g}, "
+                         f"{100 * comparison['within_tolerance']:.1f}% of values within tolerance")
+        if comparison.get("first_difference"):
+            first = comparison["first_difference"]
+            lines.append(f"first difference at index {tuple(first['index'])}: got {first['got']:.6g}, "
+                         f"expected {first['expected']:.6g}")
+    if check.get("mistake"):
+        lines.append(f"[yellow]looks like: {check['mistake']} — {escape(BY_ID[check['mistake']].description)}[/]")
+    if check.get("hint"):
+        lines.append(f"[yellow]hint: {escape(check['hint'])}[/]")
+    if check.get("todo"):
+        lines.append(f"[cyan]next: {escape(check['todo'])}[/]")
+    return lines
+
+
+def watch(path: str | Path, run, interval: float = 0.5) -> int:
+    """Re-run `run()` every time the file changes (polling: no OS-specific watcher)."""
+    path = Path(path)
+    last = None
+    try:
+        while True:
+            stamp = path.stat().st_mtime_ns if path.exists() else None
+            if stamp != last:
+                last = stamp
+                run()
+                print(f"\nwatching {path} for changes (Ctrl-C to stop)…", flush=True)
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return 0

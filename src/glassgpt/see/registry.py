@@ -1,0 +1,515 @@
+"""The explanation registry: what every trace point means, written once.
+
+Each entry is keyed by a trace-point pattern (`blocks.*.attn.q`: `*` is the block index) and says
+what the tensor is, its formula, its shape in words, what to look for, the usual bug, and the
+experiment (a config switch) that breaks it. Entries whose key starts with `topic:` explain a step
+of the walk-through that is not a single tensor (the rotary tables, the gradient flow...).
+
+The terminal walk-through, the HTML page, the markdown export, the reference docs and the
+learner's grader all read from here; nothing else holds this text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import fnmatch
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from glassgpt.model.config import GPTConfig
+
+
+@dataclass(frozen=True)
+class Explanation:
+    key: str
+    title: str
+    meaning: str
+    formula: str = ""
+    shape: str = ""
+    look_for: str = ""
+    common_bug: str = ""
+    experiment: str = ""
+    when: Callable[[GPTConfig], bool] = lambda config: True  # emitted for this config?
+    mistakes: tuple["KnownMistake", ...] = ()  # wrong versions the learner's grader recognises here
+
+
+@dataclass(frozen=True)
+class KnownMistake:
+    id: str  # stable identifier, reported by `glassgpt learn check --json`
+    description: str
+    hint: str
+
+
+ENTRIES: list[Explanation] = [
+    # -- embedding ------------------------------------------------------------------------------
+    Explanation(
+        "embed.tok", "Token embedding",
+        "Each token id selects one row of the embedding matrix: the model's first picture of the token.",
+        "x = wte[idx]", "(batch, time, n_embd)",
+        "Rows start random; after training, tokens used alike get similar rows.",
+        "Indexing with ids beyond vocab_size (the tokenizer and model disagree).",
+        "--vocab-size 512 (a smaller table, more tokens per text)",
+    ),
+    Explanation(
+        "embed.pos", "Learned position embedding",
+        "A second table, indexed by position, added to the token embedding so the model knows order.",
+        "x = wte[idx] + wpe[position]", "(time, n_embd), broadcast over the batch",
+        "It only covers sequence_len positions: the model cannot read further than it was built for.",
+        "Indexing positions from 0 on every decode step instead of from the cache position.",
+        "--position none (no order information: the model sees a bag of tokens)",
+        when=lambda c: c.position == "learned",
+    ),
+    Explanation(
+        "embed.norm", "Embedding norm",
+        "Normalise the embedding before the first block, so every token enters the stream at the same scale.",
+        "x = x / sqrt(mean(x²) + eps)", "(batch, time, n_embd)",
+        "The RMS of every vector is 1 (before any learned gain).",
+        "Normalising over the wrong dimension (time instead of channels).",
+        "--embed-norm off",
+        when=lambda c: c.embed_norm,
+    ),
+    # -- one block: attention --------------------------------------------------------------------
+    Explanation(
+        "blocks.*.resid.pre", "Residual stream (block input)",
+        "The running sum every block reads from and writes to; each block adds its update to it.",
+        "x", "(batch, time, n_embd)",
+        "Its norm grows block by block as updates are added.",
+        "Overwriting the stream instead of adding to it.",
+        "--residual off (x = f(x): deep models stop learning)",
+    ),
+    Explanation(
+        "blocks.*.attn.norm", "Attention input norm",
+        "Pre-norm: attention reads a normalised copy of the stream, the stream itself is not changed.",
+        "h = norm(x)", "(batch, time, n_embd)",
+        "RMS 1 per position (RMSNorm) or mean 0, variance 1 (LayerNorm).",
+        "Epsilon outside the square root: x / (sqrt(mean(x²)) + eps).",
+        "--norm-placement post (the original Transformer's norm(x + f(x)))",
+    ),
+    Explanation(
+        "blocks.*.attn.q", "Query projection",
+        "What each position is looking for, one vector per head.",
+        "q = h @ W_qᵀ, split into heads", "(batch, time, n_head, head_dim)",
+        "The head split is a reshape of n_embd into n_head x head_dim, no copy.",
+        "Splitting heads with the wrong reshape order (time and heads mixed).",
+        "--head-dim 32 (more, smaller heads)",
+    ),
+    Explanation(
+        "blocks.*.attn.k", "Key projection",
+        "What each position offers to be found by; compared with every query.",
+        "k = h @ W_kᵀ", "(batch, time, n_kv_head, head_dim)",
+        "With grouped-query attention there are fewer key heads than query heads.",
+        "Giving keys n_head heads when the model has n_kv_head.",
+        "--n-kv-head 1 (multi-query attention)",
+    ),
+    Explanation(
+        "blocks.*.attn.v", "Value projection",
+        "The content each position hands over when attended to.",
+        "v = h @ W_vᵀ", "(batch, time, n_kv_head, head_dim)",
+        "Values carry no position: rotary embedding is applied to q and k only.",
+        "Rotating v with RoPE as well.",
+        "--n-kv-head 1",
+    ),
+    Explanation(
+        "blocks.*.attn.q_rot", "Query after rotary embedding",
+        "Each pair of query dimensions is rotated by an angle proportional to the token's position.",
+        "(q₁, q₂) → (q₁ cos θ - q₂ sin θ, q₁ sin θ + q₂ cos θ), θ = position x base^(-2i/head_dim)",
+        "(batch, time, n_head, head_dim)",
+        "The vector length is unchanged; position 0 is not rotated at all.",
+        "Pairing adjacent dimensions (0,1) where the tables pair halves (i, i + head_dim/2).",
+        "--position learned (or none)",
+        when=lambda c: c.position == "rope",
+    ),
+    Explanation(
+        "blocks.*.attn.k_rot", "Key after rotary embedding",
+        "Keys are rotated like queries, so q·k depends only on how far apart the two tokens are.",
+        "same rotation as q", "(batch, time, n_kv_head, head_dim)",
+        "q_i·k_j changes with i - j, not with i or j alone.",
+        "Rotating keys by a different position offset than queries during cached decoding.",
+        "--position none",
+        when=lambda c: c.position == "rope",
+    ),
+    Explanation(
+        "blocks.*.attn.q_norm", "Query norm (QK-norm)",
+        "Queries are RMS-normalised per head, which bounds every attention score.",
+        "q = q / sqrt(mean(q²) + eps) over head_dim", "(batch, time, n_head, head_dim)",
+        "Each head vector has RMS 1, so |q·k|/sqrt(d) ≤ sqrt(d).",
+        "Normalising over all heads at once instead of per head.",
+        "--qk-norm off (scores can grow until the softmax saturates)",
+        when=lambda c: c.qk_norm,
+    ),
+    Explanation(
+        "blocks.*.attn.k_norm", "Key norm (QK-norm)",
+        "Keys are RMS-normalised per head, like queries.",
+        "k = k / sqrt(mean(k²) + eps) over head_dim", "(batch, time, n_kv_head, head_dim)",
+        "Each head vector has RMS 1.", "Normalising keys but not queries.", "--qk-norm off",
+        when=lambda c: c.qk_norm,
+    ),
+    Explanation(
+        "blocks.*.attn.k_rep", "Keys repeated for grouped-query attention",
+        "Each key head serves n_head / n_kv_head query heads; repeating it lines the heads up.",
+        "k.repeat_interleave(n_head // n_kv_head, dim=heads)", "(batch, n_head, time, head_dim)",
+        "Query head h reads key head h // group. With n_kv_head = n_head this is the keys unchanged.",
+        "Repeating with tile order (h % n_kv_head) where the weights assume h // group.",
+        "--n-kv-head 1",
+    ),
+    Explanation(
+        "blocks.*.attn.v_rep", "Values repeated for grouped-query attention",
+        "Values are repeated exactly like keys.", "v.repeat_interleave(n_head // n_kv_head, dim=heads)",
+        "(batch, n_head, time, head_dim)", "Identical copies within each group of heads.",
+        "Repeating keys but not values.", "--n-kv-head 1",
+    ),
+    Explanation(
+        "blocks.*.attn.scores", "Attention scores",
+        "How well each query matches each key: one number per (query position, key position) per head.",
+        "scores = q @ kᵀ / (temperature x sqrt(head_dim))", "(batch, n_head, time_q, time_k)",
+        "Scaling by 1/sqrt(head_dim) keeps the scores' spread near 1 when q and k have unit entries.",
+        "No 1/sqrt(d) scaling, or scaling by d: the softmax becomes too sharp or too flat.",
+        "--attn-temperature 4 (flatter attention) or 0.25 (sharper)",
+    ),
+    Explanation(
+        "blocks.*.attn.scores_masked", "Causal mask",
+        "Scores of future keys are set to -inf, so after the softmax a token cannot look ahead.",
+        "scores[i, j] = -inf where j > i", "(batch, n_head, time_q, time_k)",
+        "The upper triangle is -inf; the diagonal is kept (a token sees itself).",
+        "Masking after the softmax (rows no longer sum to 1) or masking the diagonal too.",
+        "--causal off (the model reads the next token: loss falls to ~0, generation is garbage)",
+        when=lambda c: c.causal,
+    ),
+    Explanation(
+        "blocks.*.attn.pattern", "Attention pattern (softmax)",
+        "Scores turned into weights: each row is a probability distribution over the keys a query may see.",
+        "pattern = softmax(scores, dim=keys)", "(batch, n_head, time_q, time_k)",
+        "Every row sums to 1; heads differ: some look at the previous token, some spread out.",
+        "Softmax over the query dimension instead of the key dimension (columns sum to 1).",
+        "--attn-temperature 4",
+    ),
+    Explanation(
+        "blocks.*.attn.z", "Weighted sum of values (per head)",
+        "Each head's output: the values averaged with the attention weights.",
+        "z = pattern @ v", "(batch, time, n_head, head_dim)",
+        "A position that attends to one key copies that key's value.",
+        "Multiplying by k instead of v.",
+        "--n-kv-head 1",
+    ),
+    Explanation(
+        "blocks.*.attn.out", "Attention output projection",
+        "Heads are concatenated and mixed back to the stream's width; this is what attention adds.",
+        "out = concat(z) @ W_oᵀ", "(batch, time, n_embd)",
+        "Zero at initialisation in the nanochat family (zero_init_out): the block starts as the identity.",
+        "Concatenating heads in a different order than the split (time/head transposed).",
+        "--zero-init-out off",
+    ),
+    Explanation(
+        "blocks.*.resid.mid", "Residual stream after attention",
+        "The stream with attention's update added.",
+        "x = x + attn(norm(x))   (post-norm: x = norm(x + attn(x)))", "(batch, time, n_embd)",
+        "resid.mid = resid.pre + attn.out exactly (pre-norm).",
+        "Adding the normalised input instead of the stream (x = norm(x) + attn(norm(x))).",
+        "--residual off",
+    ),
+    # -- one block: MLP --------------------------------------------------------------------------
+    Explanation(
+        "blocks.*.mlp.norm", "MLP input norm",
+        "The MLP reads a normalised copy of the stream.", "h = norm(x)", "(batch, time, n_embd)",
+        "Same statistics as the attention input norm.", "Reusing the attention norm's output (stale input).",
+        "--norm layer",
+    ),
+    Explanation(
+        "blocks.*.mlp.up", "MLP expansion",
+        "Each position is projected to a wider space (mlp_ratio x n_embd) where features can be separated.",
+        "u = h @ W_upᵀ", "(batch, time, 4 x n_embd)",
+        "Roughly zero-mean, about unit spread at initialisation.",
+        "Expanding by the wrong ratio.", "--mlp-ratio 2",
+    ),
+    Explanation(
+        "blocks.*.mlp.act", "MLP activation",
+        "The non-linearity: without it the whole MLP would be one linear map.",
+        "relu2: max(0, u)²   gelu: u·Φ(u)   relu: max(0, u)   silu: u·σ(u)", "(batch, time, 4 x n_embd)",
+        "ReLU and ReLU² zero out about half the units (sparsity); ReLU² also squares the rest.",
+        "ReLU where ReLU² was meant (no square).",
+        "--activation gelu",
+    ),
+    Explanation(
+        "blocks.*.mlp.out", "MLP projection back",
+        "The wide features projected back to the stream's width: what the MLP adds.",
+        "m = a @ W_downᵀ", "(batch, time, n_embd)",
+        "Zero at initialisation in the nanochat family.", "Forgetting the projection back (shape mismatch).",
+        "--zero-init-out off",
+    ),
+    Explanation(
+        "blocks.*.resid.post", "Residual stream (block output)",
+        "The stream with the MLP's update added: the next block's input.",
+        "x = x + mlp(norm(x))", "(batch, time, n_embd)",
+        "resid.post = resid.mid + mlp.out exactly (pre-norm).",
+        "Applying the residual twice (x + x + mlp(x)).", "--residual off",
+    ),
+    # -- head and loss ---------------------------------------------------------------------------
+    Explanation(
+        "final.norm", "Final norm",
+        "The last stream is normalised before the head reads it.", "x = norm(x)", "(batch, time, n_embd)",
+        "RMS 1 per position.", "Skipping it with pre-norm blocks (the head sees an unnormalised stream).",
+        "--norm none",
+    ),
+    Explanation(
+        "lm_head.logits_raw", "Logits (before softcap)",
+        "One score per vocabulary entry per position: how likely each token is to come next.",
+        "logits = x @ W_headᵀ   (tied: W_head = wte)", "(batch, time, vocab_size)",
+        "All zero at initialisation with a zero head: the first prediction is uniform.",
+        "Computing logits for the last position only while training (no loss on the others).",
+        "--tie-embeddings on",
+    ),
+    Explanation(
+        "lm_head.logits", "Logits (after softcap)",
+        "Logits squashed smoothly into (-c, c), so no single logit can run away.",
+        "logits = c · tanh(logits / c)", "(batch, time, vocab_size)",
+        "Equal to the raw logits when they are small; capped near ±c when large.",
+        "c · tanh(logits) (forgetting to divide by c first).",
+        "--softcap off",
+    ),
+    Explanation(
+        "loss.per_token", "Cross-entropy per token",
+        "How surprised the model is by each actual next token: -ln p(target).",
+        "loss_t = -log softmax(logits_t)[target_t]", "(batch, time)",
+        "ln(vocab_size) for a uniform guess; 0 only for a certain, correct prediction.",
+        "Targets not shifted by one (predicting the current token instead of the next).",
+        "--causal off",
+    ),
+    Explanation(
+        "loss", "Loss",
+        "The mean cross-entropy over counted targets: the single number training lowers.",
+        "loss = mean(loss_t over targets ≠ -1)", "()",
+        "Starts near ln(vocab_size); ignored targets (-1) do not count.",
+        "Dividing by all positions instead of the counted ones (masked batches look better than they are).",
+        "--matrix-lr 0.2 (too large a step: the loss jumps)",
+    ),
+    # -- topics of the walk-through ----------------------------------------------------------------
+    Explanation(
+        "topic:tokens", "Token ids",
+        "The text as the tokenizer cut it: one integer per piece, looked up in the vocabulary.",
+        "idx = tokenizer.encode(text)", "(batch, time)",
+        "Common words are one token; rare words split into several.",
+    ),
+    Explanation(
+        "topic:rope", "Rotary position embedding (RoPE)",
+        "Position enters attention by rotating queries and keys; values are not rotated. The rotation angles "
+        "come from fixed cos/sin tables (buffers, not parameters: they are never trained and are rebuilt, not "
+        "saved). Pair i turns base^(-2i/head_dim) radians per token: the first pairs turn fast and see local "
+        "order, the last pairs turn slowly and see far context. Because both q and k are rotated, their dot "
+        "product depends only on the distance between the tokens.",
+        "θ(position, i) = position · base^(-2i/head_dim)", "cos, sin: (sequence_len, head_dim / 2)",
+    ),
+    Explanation(
+        "topic:prenorm", "Pre-norm block",
+        "Each block reads a normalised copy of the stream and adds its update to the stream itself, so the "
+        "stream is a sum of updates and gradients reach early blocks directly through the additions.",
+        "x = x + attn(norm(x));  x = x + mlp(norm(x))",
+    ),
+    Explanation(
+        "topic:gqa", "Grouped-query attention",
+        "Fewer key/value heads than query heads: each key/value head is shared by a group of query heads. "
+        "Attention is as expressive per query head, while the KV cache (and its memory traffic when "
+        "generating) shrinks by the group size.",
+        "group = n_head / n_kv_head",
+    ),
+    Explanation(
+        "topic:transpose", "Heads become a batch dimension",
+        "For attention, (batch, time, heads, head_dim) is transposed to (batch, heads, time, head_dim): each "
+        "head is then an independent attention over time, computed in one batched matmul.",
+        "q.transpose(1, 2)",
+    ),
+    Explanation(
+        "topic:gradients", "Gradient flow",
+        "After the loss, backward computes how much each tensor should change. Gradient norms per layer show "
+        "whether the signal reaches the first blocks (residual connections carry it) or vanishes or explodes.",
+        "grad = ∂loss/∂tensor",
+        look_for="Similar gradient norms across layers; a layer far below the others is not learning.",
+    ),
+    Explanation(
+        "topic:update_ratio", "Update-to-weight ratio",
+        "How far one optimiser step moves each weight matrix relative to its size. Around 1e-3 per step is "
+        "healthy for AdamW-trained matrices; much larger means the step is too big, much smaller that it learns slowly. "
+        "Muon's orthogonalised updates have a fixed size set by the learning rate.",
+        "ratio = ‖ΔW‖ / ‖W‖",
+    ),
+]
+
+# The common mistakes the learner's grader diagnoses, filed under the tensor they corrupt.
+_MISTAKES: dict[str, list[tuple[str, str, str]]] = {
+    "blocks.*.attn.norm": [
+        ("eps_outside_sqrt", "epsilon added outside the square root",
+         "RMSNorm is x / sqrt(mean(x²) + eps): eps goes inside the square root, so tiny vectors are not blown up."),
+        ("norm_over_wrong_dim", "normalised over the time axis instead of the channels",
+         "Normalise each vector on its own: mean over the last dimension (dim=-1, keepdim=True)."),
+        ("layernorm_instead_of_rmsnorm", "LayerNorm (mean subtracted) where RMSNorm was asked",
+         "RMSNorm does not subtract the mean: x / sqrt(mean(x²) + eps)."),
+        ("rmsnorm_instead_of_layernorm", "RMSNorm (no centring) where LayerNorm was asked",
+         "LayerNorm first subtracts the mean: (x - mean) / sqrt(var + eps) · weight + bias."),
+        ("unbiased_variance", "variance divided by n - 1",
+         "LayerNorm uses the biased variance: x.var(-1, unbiased=False), i.e. divide by n."),
+    ],
+    "topic:rope": [
+        ("rope_wrong_frequencies", "frequencies base^(-i/D) instead of base^(-2i/D)",
+         "Pair i turns at base^(-2i / head_dim): the exponent steps by 2 because each pair holds two dimensions."),
+        ("rope_cos_sin_swapped", "cos and sin returned in the wrong order", "Return (cos, sin): cos first."),
+    ],
+    "blocks.*.attn.q_rot": [
+        ("rope_adjacent_pairs", "RoPE pairs adjacent dimensions (0,1), (2,3)…",
+         "This model pairs dimension i with i + D/2 (the two halves), not neighbours."),
+        ("rope_opposite_rotation", "RoPE rotates the other way (by -θ)",
+         "(x1, x2) → (x1 cos θ - x2 sin θ, x1 sin θ + x2 cos θ): check the signs."),
+    ],
+    "blocks.*.attn.v": [
+        ("rope_on_values", "rotary embedding applied to the values too", "Rotate q and k only: v carries content, not position."),
+    ],
+    "blocks.*.attn.q_norm": [
+        ("missing_qk_norm", "queries and keys not normalised (QK-norm missing)",
+         "RMS-normalise q and k per head (over head_dim) after the rotation."),
+    ],
+    "blocks.*.attn.k_rep": [
+        ("kv_heads_tiled", "key/value heads repeated in tile order",
+         "Query head h reads key/value head h // (n_head / n_kv_head): use repeat_interleave on the head axis."),
+    ],
+    "blocks.*.attn.scores": [
+        ("no_attention_scaling", "scores not divided by sqrt(head_dim)",
+         "Divide q·kᵀ by sqrt(head_dim): without it the softmax is far too sharp."),
+        ("scaled_by_d", "scores divided by head_dim instead of its square root",
+         "The scale is 1 / sqrt(head_dim), not 1 / head_dim."),
+    ],
+    "blocks.*.attn.scores_masked": [
+        ("mask_after_softmax", "causal mask applied after the softmax",
+         "Mask the scores with -inf before the softmax; zeroing afterwards leaves rows that no longer sum to 1."),
+        ("no_causal_mask", "no causal mask", "Set scores[i, j] = -inf for j > i before the softmax."),
+    ],
+    "blocks.*.attn.pattern": [
+        ("softmax_wrong_dim", "softmax over the query axis instead of the key axis",
+         "softmax(scores, dim=-1): each query's row (over keys) must sum to 1."),
+    ],
+    "blocks.*.attn.z": [
+        ("heads_merged_without_transpose", "heads concatenated without transposing back",
+         "z is (B, H, T, D): transpose(1, 2) to (B, T, H, D) before reshaping to (B, T, H·D)."),
+    ],
+    "blocks.*.mlp.act": [
+        ("relu_not_relu2", "ReLU where ReLU² was asked", "Square the ReLU: relu(x).square()."),
+        ("gelu_exact_not_tanh", "exact GELU where GPT-2's tanh approximation was asked", 'Use F.gelu(x, approximate="tanh").'),
+        ("missing_activation", "no non-linearity between the two layers", "Apply the activation between c_fc and c_proj."),
+        ("wrong_activation", "a different activation function than the family's",
+         "nanochat uses ReLU², GPT-2 uses GELU (tanh approximation)."),
+    ],
+    "blocks.*.resid.mid": [
+        ("residual_missing", "the residual connection is missing (x = f(x))",
+         "Add each part's output to the stream: x = x + attn(norm(x))."),
+        ("residual_twice", "the residual is added twice (x + x + f(x))", "Add the stream once: x = x + attn(norm(x))."),
+        ("residual_adds_normed_input", "the normalised stream is added instead of the stream",
+         "Keep the stream itself: x = x + attn(norm(x)), not norm(x) + attn(norm(x))."),
+    ],
+    "topic:prenorm": [
+        ("post_norm", "norm after the residual add (post-norm) instead of before (pre-norm)",
+         "Pre-norm: x = x + attn(norm(x)). Post-norm, norm(x + attn(x)), is the original Transformer's order."),
+    ],
+    "lm_head.logits_raw": [
+        ("weights_tied", "the LM head is tied to the embedding in an untied family",
+         "nanochat keeps a separate lm_head (nn.Linear(C, V, bias=False)): do not reuse wte.weight."),
+        ("weights_not_tied", "a separate LM head where the family ties it to the embedding",
+         "GPT-2 ties the head to the embedding: logits = x @ wte.weightᵀ, no lm_head parameter."),
+    ],
+    "lm_head.logits": [
+        ("softcap_missing_divide", "softcap written c·tanh(logits)",
+         "Divide first: c · tanh(logits / c), so small logits pass unchanged."),
+        ("softcap_missing_multiply", "softcap written tanh(logits / c)",
+         "Multiply back by c: c · tanh(logits / c); tanh alone squashes every logit into (-1, 1)."),
+        ("softcap_missing", "no softcap on the logits", "Apply c · tanh(logits / c) with c = config.softcap."),
+    ],
+    "loss.per_token": [
+        ("labels_not_shifted", "loss computed against the inputs, not the next tokens",
+         "The loss compares logits at position t with targets[t], the token at t + 1 (the loader shifts them)."),
+        ("last_position_only", "loss (or logits) for the last position only during training",
+         "Training predicts every position: keep logits (B, T, V) and average the loss over all of them."),
+    ],
+    "loss": [
+        ("ignored_targets_counted", "ignored targets (-1) counted in the mean",
+         "Average over the targets that count: sum of losses / number of targets ≠ -1."),
+    ],
+}
+ENTRIES = [dataclasses.replace(e, mistakes=tuple(KnownMistake(*m) for m in _MISTAKES.get(e.key, ()))) for e in ENTRIES]
+REGISTRY: dict[str, Explanation] = {entry.key: entry for entry in ENTRIES}
+KNOWN_MISTAKES: dict[str, tuple[str, KnownMistake]] = {
+    mistake.id: (entry.key, mistake) for entry in ENTRIES for mistake in entry.mistakes}
+TRACE_POINTS: list[str] = [e.key for e in ENTRIES if not e.key.startswith("topic:")]
+
+_BLOCK_INDEX = re.compile(r"^blocks\.\d+\.")
+
+
+def pattern_of(name: str) -> str:
+    """'blocks.3.attn.q' → 'blocks.*.attn.q'; 'grad:loss' → 'loss'."""
+    name = name.removeprefix("grad:")
+    return _BLOCK_INDEX.sub("blocks.*.", name)
+
+
+def explain(name: str) -> Explanation:
+    """The explanation of a trace point (any block index, with or without grad:) or a topic."""
+    try:
+        return REGISTRY[pattern_of(name)]
+    except KeyError:
+        raise KeyError(f"no explanation for {name!r}") from None
+
+
+def names_for(config: GPTConfig, blocks: list[int] | None = None) -> list[str]:
+    """Concrete trace-point names the model emits for `config`, in forward order (when a tracer
+    wants the attention internals, which switches to the explicit path)."""
+    blocks = list(range(config.n_layer)) if blocks is None else blocks
+    emitted = [e.key for e in ENTRIES if not e.key.startswith("topic:") and e.when(config)]
+    per_block = [key for key in emitted if key.startswith("blocks.*.")]
+    if config.norm_placement == "post":  # post-norm normalises after each part: norm(x + f(x))
+        for part, last in (("attn", "blocks.*.attn.out"), ("mlp", "blocks.*.mlp.out")):
+            per_block.remove(f"blocks.*.{part}.norm")
+            per_block.insert(per_block.index(last) + 1, f"blocks.*.{part}.norm")
+    before = [key for key in emitted if key.startswith("embed.")]
+    after = [key for key in emitted if not key.startswith(("embed.", "blocks."))]
+    return before + [key.replace("*", str(i), 1) for i in blocks for key in per_block] + after
+
+
+def check_patterns(patterns: list[str], config: GPTConfig) -> None:
+    """Raise ValueError when a pattern matches no trace point of `config`, naming close matches."""
+    from glassgpt.errors import UsageError
+
+    names = names_for(config)
+    for pattern in patterns:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            close = difflib.get_close_matches(pattern, sorted(set(TRACE_POINTS) | set(names)), n=4, cutoff=0.5)
+            hint = f"; close matches: {', '.join(close)}" if close else "; see glassgpt trace --list"
+            raise UsageError(f"trace point pattern {pattern!r} matches nothing{hint}")
+
+
+def reference_markdown() -> str:
+    """docs/reference/trace-points.md, generated from this registry (a test keeps them equal):
+    `python -m glassgpt.see.registry > docs/reference/trace-points.md`."""
+    lines = ["# Trace points", "",
+             "<!-- generated by `python -m glassgpt.see.registry`; edit src/glassgpt/see/registry.py instead -->", "",
+             "Every operation of the reference model passes through a named trace point. `*` is the block",
+             "index (`blocks.3.attn.q`); gradients use the same names with a `grad:` prefix. Select them in",
+             "`glassgpt trace --only PATTERN` with shell-style patterns (`blocks.*.attn.*`).", "",
+             "| trace point | what it is | shape |", "|---|---|---|"]
+    lines += [f"| `{e.key}` | {e.title}: {e.meaning} | {e.shape} |" for e in ENTRIES if not e.key.startswith("topic:")]
+    for entry in ENTRIES:
+        lines += ["", f"## `{entry.key}`" if not entry.key.startswith("topic:") else f"## {entry.title}", ""]
+        if not entry.key.startswith("topic:"):
+            lines += [f"**{entry.title}.** {entry.meaning}", ""]
+        else:
+            lines += [entry.meaning, ""]
+        for label, text in (("Formula", f"`{entry.formula}`" if entry.formula else ""), ("Shape", entry.shape),
+                            ("Look for", entry.look_for), ("Common bug", entry.common_bug),
+                            ("Break it", f"`glassgpt train ... {entry.experiment.split(' (')[0]}`"
+                             + (f" ({entry.experiment.split(' (', 1)[1]}" if " (" in entry.experiment else "")
+                             if entry.experiment else "")):
+            if text:
+                lines.append(f"- {label}: {text}")
+        if entry.mistakes:
+            lines.append("- Mistakes `glassgpt learn check` recognises here: " + "; ".join(
+                f"`{m.id}` ({m.description})" for m in entry.mistakes))
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference_markdown(), end="")
