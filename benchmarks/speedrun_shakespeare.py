@@ -18,10 +18,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import sys
-import tempfile
 import time
 
 NANOGPT_BPB, NANOGPT_SECONDS = 2.72, 123.0
@@ -33,14 +31,12 @@ def main() -> int:
     parser.add_argument("--max-steps", type=int, default=None)
     parser.add_argument("--eval-every", type=int, default=10)
     parser.add_argument("--target", type=float, default=NANOGPT_BPB)
-    parser.add_argument("--keep", action="store_true", help="keep the run (default: a temp GLASSGPT_HOME run)")
+    parser.add_argument("--keep", action="store_true", help="keep the run (default: delete it at the end)")
     parser.add_argument("overrides", nargs="*", help="extra train flags after --, e.g. -- --depth 3 --seq-len 128")
     args = parser.parse_args()
 
-    home = os.environ.get("GLASSGPT_HOME")
-    if not home or not args.keep:
-        # Reuse the tokenizer/shard cache of the real home if there is one, but keep runs apart.
-        os.environ["GLASSGPT_HOME"] = home or tempfile.mkdtemp(prefix="glassgpt-speedrun-")
+    # The usual cache root (GLASSGPT_HOME or ~/.cache/glassgpt): data and tokenizer are reused; the
+    # run itself is deleted at the end unless --keep.
     from glassgpt.cli import main as glassgpt
 
     run = f"speedrun-{int(time.time())}"

@@ -19,7 +19,7 @@ from glassgpt.cli import main
     (["tokenizer", "train"], ["--vocab-size", "--data"]),
     (["data"], ["list", "download", "GLASSGPT_DATA_MIRROR"]),
     (["bench"], ["tokens/s", "MFU", "KV cache"]),
-    (["quickstart"], ["5 minutes", "--fresh"]),
+    (["quickstart"], ["minutes on 2 cores", "--fresh"]),
 ])
 def test_help_teaches_each_command(command, expected, capsys):
     with pytest.raises(SystemExit) as exit_info:

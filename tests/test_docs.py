@@ -46,7 +46,8 @@ def commands_in(path: Path) -> list[str]:
 
 def capped(argv: list[str]) -> list[str]:
     """Cap --max-steps of training commands; add it when the command trains by default."""
-    trains = "train" in argv or "quickstart" in argv or any(a.endswith("speedrun_shakespeare.py") for a in argv)
+    command = argv[argv.index("glassgpt") + 1] if "glassgpt" in argv[:-1] else (argv[0] if argv else "")
+    trains = command in ("train", "quickstart") or any(a.endswith("speedrun_shakespeare.py") for a in argv)
     if not trains or "--help" in argv:
         return argv
     argv = list(argv)

@@ -229,10 +229,19 @@ def test_first_divergent_trace_point_is_reported(tmp_path):
     assert result.status == "fail" and "first difference at trace point blocks.0.attn.out" in result.message
 
 
-def test_property_checks_catch_what_outputs_alone_might_not(tmp_path):
-    # a model whose attention sees the future fails the causality property
-    path = planted(NANOCHAT, PLANTS["no_causal_mask"][1], tmp_path)
-    assert grade_one(path, "forward.attention").mistake == "no_causal_mask"
+def test_property_checks_explain_an_uncatalogued_attention_bug(tmp_path):
+    # an unusual bug: masking with a large negative number *after* a softmax over queries
+    path = planted(NANOCHAT, [("torch.softmax(scores, dim=-1)", "torch.softmax(scores.nan_to_num(neginf=0.0), dim=-1) * 0.5")],
+                   tmp_path)
+    result = grade_one(path, "forward.attention")
+    assert result.status == "fail" and "should sum to 1 over the keys" in result.message
+
+
+def test_rows_sum_property_reads_the_pattern_without_any_tap(tmp_path):
+    path = tmp_path / "ok.py"
+    path.write_text(NANOCHAT.replace("tap(name + \"q_rot\", apply_rotary(q, cos, sin))", "apply_rotary(q, cos, sin)"))
+    module = import_learner(path)
+    grading._check_rows_sum_to_one(grading.Context(module, "nanochat"))  # passes: no exception
 
 
 # -- bad learner files: each reported clearly, with no traceback from glassgpt ---------------------------
@@ -323,7 +332,7 @@ def test_train_with_your_model_uses_the_real_loop_and_lists_missing_trace_points
     out = capsys.readouterr().out
     assert re.search(r"emits 3 of \d+ trace points; not emitted: embed.norm", out)
     saved = json.loads((glass_home / "runs" / "mine" / "config.json").read_text())
-    assert saved["train"]["model_file"] == fixture
+    assert saved["train"]["model_file"] == str(Path(fixture).resolve()) and saved["model_file_sha256"]
     # sampling and resuming rebuild *your* class from the saved config
     assert main(["sample", "--run", "mine", "--prompt", "ROMEO:", "--max-new-tokens", "5", "--seed", "0"]) == 0
     assert main(["train", "--run", "mine", "--resume", "--max-steps", "4"]) == 0
@@ -350,4 +359,52 @@ def test_learn_compare_trains_both_and_finds_them_matching(glass_home, capsys):
 def test_learn_compare_points_at_the_step_where_curves_part(glass_home, tmp_path, capsys):
     planted_file = planted(NANOCHAT, PLANTS["softcap_missing_divide"][1], tmp_path)
     assert main(["learn", "compare", str(planted_file), "--steps", "3"]) == 1
-    assert "the loss curves part at step 1" in capsys.readouterr().out
+    # a zero-initialised head makes step 1 uniform for both (tanh(0) = 0); the curves part from step 2
+    assert "the loss curves part at step 2" in capsys.readouterr().out
+
+
+def test_watch_rechecks_when_the_file_changes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "mine.py"
+    path.write_text(NANOCHAT.replace("F.relu(self.c_fc(x)).square()", "F.relu(self.c_fc(x))"))
+    process = subprocess.Popen([sys.executable, "-m", "glassgpt", "learn", "check", str(path), "--watch",
+                                "--component", "mlp"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               env={**os.environ, "NO_COLOR": "1"})
+    seen, deadline = [], time.time() + 240
+    for line in process.stdout:
+        seen.append(line)
+        if "watching" in line:
+            if sum("watching" in s for s in seen) == 1:
+                time.sleep(0.2)
+                path.write_text(NANOCHAT)  # the learner fixes the bug and saves
+            else:
+                process.send_signal(signal.SIGINT)
+                break
+        assert time.time() < deadline, "".join(seen)
+    process.wait(timeout=60)
+    text = "".join(seen)
+    assert process.returncode == 0
+    assert text.index("looks like: relu_not_relu2") < text.index("every check passes")
+
+
+def test_a_run_of_your_model_is_reopened_from_anywhere_and_notices_edits(glass_home, tmp_path, capsys, monkeypatch):
+    from conftest import TINY_TRAIN
+
+    mine = tmp_path / "work" / "my_gpt.py"
+    mine.parent.mkdir()
+    mine.write_text(NANOCHAT)
+    monkeypatch.chdir(mine.parent)
+    assert main(["train", *TINY_TRAIN, "--run", "rel", "--model", "my_gpt.py", "--max-steps", "1", "--eval-every", "0"]) == 0
+    monkeypatch.chdir(tmp_path)  # elsewhere: the saved absolute path still finds the file
+    capsys.readouterr()
+    mine.write_text(NANOCHAT + "\n# an edit\n")
+    assert main(["sample", "--run", "rel", "--max-new-tokens", "3", "--seed", "0"]) == 0
+    assert "my_gpt.py changed since run 'rel' was trained" in capsys.readouterr().err
+    mine.unlink()
+    assert main(["sample", "--run", "rel", "--max-new-tokens", "3"]) == 1
+    assert "which no longer exists; put the file back" in capsys.readouterr().err

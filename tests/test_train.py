@@ -207,3 +207,12 @@ def test_files_written_atomically_get_the_usual_permissions(tmp_path):
     os.umask(umask)
     assert (tmp_path / "a.txt").stat().st_mode & 0o777 == 0o666 & ~umask
     assert (tmp_path / "folder").stat().st_mode & 0o777 == 0o777 & ~umask
+
+
+@pytest.mark.slow
+def test_compiled_model_trains_to_the_same_losses(glass_home):
+    flags = ["--max-steps", "2", "--eval-every", "0", "--sample-tokens", "0"]
+    assert train("--run", "eager", *flags) == 0
+    assert train("--run", "compiled", "--compile", *flags) == 0
+    eager, compiled = losses(glass_home / "runs" / "eager"), losses(glass_home / "runs" / "compiled")
+    assert compiled == pytest.approx(eager, rel=1e-4)

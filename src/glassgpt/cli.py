@@ -7,7 +7,6 @@ Errors a user can cause (bad flags, missing runs, no network...) print one line 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ DESCRIPTION = """\
 glassgpt: train your own ChatGPT-style model on a laptop CPU, and see through every tensor of it.
 
 Start here:
-  glassgpt quickstart                                 tokenizer + a small GPT on Shakespeare, ~5 min on 2 cores
+  glassgpt quickstart                                 tokenizer + a small GPT on Shakespeare, ~2 min on 2 cores
   glassgpt sample --run quickstart --prompt "ROMEO:"  talk to what you trained
 
 Everything is cached under $GLASSGPT_HOME (default ~/.cache/glassgpt). Offline? Point
@@ -143,6 +142,8 @@ def _add_train(commands) -> None:
 
 
 def _show(value) -> str:
+    if value == "":
+        return "none"
     if value is None:
         return "off"
     if isinstance(value, bool):
@@ -163,7 +164,7 @@ def _add_field(group, name: str, help: str, default, kind, show_raw: bool = Fals
         flags, metavar = ["--model", *flags], "FILE.py"
     elif name == "softcap":
         metavar = "X|off"
-    shown = default if show_raw else _show(default)
+    shown = default if show_raw else ("required" if name == "run" else _show(default))
     text = f"{help} (default: {shown})" if help else f"(default: {shown})"
     extra = dict(nargs="?", const="on") if kind is bool else {}
     group.add_argument(*flags, dest=f"field__{name}", metavar=metavar, default=argparse.SUPPRESS,
@@ -192,7 +193,7 @@ def _run_train(args) -> int:
 
 
 QUICKSTART_DESCRIPTION = """\
-The whole pipeline in one command, sized for a 2-core laptop CPU (about 5 minutes):
+The whole pipeline in one command, sized for a laptop CPU (about 1.5-2.5 minutes on 2 cores):
 downloads tinyshakespeare, trains a 4,096-token BPE tokenizer, trains a small nanochat-style GPT
 (preset cpu-tiny) with a progress bar, prints validation bits per byte and samples, and saves the
 run as 'quickstart'. Running it again shows the saved result; --fresh trains again.
@@ -200,7 +201,7 @@ run as 'quickstart'. Running it again shows the saved result; --fresh trains aga
 
 
 def _add_quickstart(commands) -> None:
-    parser = _sub(commands, "quickstart", "train a tokenizer and a small GPT on Shakespeare (~5 min on CPU)",
+    parser = _sub(commands, "quickstart", "train a tokenizer and a small GPT on Shakespeare (~2 min on a 2-core CPU)",
                   QUICKSTART_DESCRIPTION)
     parser.add_argument("--run", default="quickstart", help="run name (default: quickstart)")
     parser.add_argument("--max-steps", type=int, metavar="N", help="override the preset's step count")
@@ -248,9 +249,10 @@ def _print_next_steps(run: str) -> None:
 
     ui.console().print(
         "next:\n"
-        f"  glassgpt sample --run {run} --prompt \"ROMEO:\"     generate text\n"
-        f"  glassgpt train --run {run} --resume --max-steps 1200   train longer\n"
-        f"  open {paths.run_dir(run) / 'plots' / 'loss.png'}")
+        f"  glassgpt sample --run {run} --prompt \"ROMEO:\"             generate text\n"
+        f"  glassgpt trace --run {run} --text \"ROMEO: Is the day so young?\"   watch it think, tensor by tensor\n"
+        f"  glassgpt learn init my_gpt.py                            write your own GPT\n"
+        f"  the loss curve: {paths.run_dir(run) / 'plots' / 'loss.png'}")
 
 
 # -- sample ---------------------------------------------------------------------------------------------
@@ -439,6 +441,8 @@ def _run_tokenizer_encode(args) -> int:
     for i, token_id in enumerate(ids):
         pieces.append(tokenizer.token_piece(token_id).decode("utf-8", errors="replace"), style=colours[i % len(colours)])
     out.print(pieces)
+    out.print("pieces: " + " | ".join(repr(tokenizer.token_piece(i).decode("utf-8", errors="replace")) for i in ids),
+              markup=False)
     out.print(f"ids: {ids}")
     n_bytes = len(text.encode("utf-8"))
     out.print(f"{len(ids)} tokens for {n_bytes} bytes ({n_bytes / max(len(ids), 1):.2f} bytes/token); "
@@ -772,7 +776,9 @@ def _add_learn(commands) -> None:
                  "every check passes.\n\nexamples:\n  glassgpt learn check my_gpt.py\n"
                  "  glassgpt learn check my_gpt.py --component attention --json")
     check.add_argument("file", help="your implementation (written by glassgpt learn init)")
-    check.add_argument("--component", metavar="NAME", help="run one check, e.g. attention, mlp, norm, init.gpt")
+    check.add_argument("--component", metavar="NAME",
+                       help="run only this component's checks: e.g. attention (init and forward), mlp, norm, or one "
+                            "check by its full name, e.g. forward.attention")
     check.add_argument("--json", action="store_true", help="print one JSON object instead of the checklist")
     check.add_argument("--watch", action="store_true", help="re-run whenever the file changes (Ctrl-C to stop)")
     check.add_argument("--time-limit", type=float, default=60.0, metavar="SECONDS", help="per check (default 60)")

@@ -167,6 +167,15 @@ class TrainConfig:
             return self.optimizer
         return "muon" if self.family == "nanochat" else "adamw"
 
+    def optimizer_settings(self):
+        """The optimiser fields, as `train.optim.build_optimizers` takes them."""
+        from glassgpt.train.optim import OptimizerSettings
+
+        return OptimizerSettings(
+            kind=self.resolved_optimizer, matrix_lr=self.matrix_lr, embedding_lr=self.embedding_lr,
+            unembedding_lr=self.unembedding_lr, scalar_lr=self.scalar_lr, adamw_lr=self.adamw_lr,
+            weight_decay=self.weight_decay, beta1=self.beta1, beta2=self.beta2)
+
     def model_config(self, vocab_size: int) -> GPTConfig:
         """The architecture: family preset at this depth, then explicit overrides."""
         fields = dict(self.model)
@@ -339,6 +348,8 @@ def resolve(preset_name: str | None, config_file: str | None, flags: dict[str, A
     if config_file:
         config = apply(config, load_config_file(config_file))
     config = apply(config, flags)
+    if config.model_file:  # runs are reopened from anywhere: keep where the file really is
+        config = dataclasses.replace(config, model_file=str(Path(config.model_file).expanduser().resolve()))
     config.validate()
     config.model_config(config.vocab_size)  # surfaces architecture errors before anything is written
     return config

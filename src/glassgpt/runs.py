@@ -48,12 +48,26 @@ def load_run(name: str, step: int | None = None, device: str | torch.device = "c
     model_config = GPTConfig.from_dict(saved["model"])
     model_file = saved["train"].get("model_file")
     if model_file:  # a learner's own GPT (glassgpt train --model)
-        from glassgpt.learn.loader import learner_gpt_class
-
-        model = learner_gpt_class(model_file)(model_config).to(device)
+        model = _learner_model(name, model_file, saved.get("model_file_sha256"), model_config, device)
     else:
         model = GPT.build(model_config, device, init=False)
     checkpoint.load_weights(chosen, model)
     model.eval()
     tokenizer = Tokenizer.load(folder / "tokenizer.json")
     return LoadedRun(name, folder, saved, model, tokenizer, state["step"])
+
+
+def _learner_model(run: str, model_file: str, trained_sha256: str | None, model_config, device):
+    import hashlib
+
+    from glassgpt import ui
+    from glassgpt.learn.loader import learner_gpt_class
+
+    path = Path(model_file)
+    if not path.is_file():
+        raise GlassError(f"run {run!r} was trained with your GPT in {path}, which no longer exists; "
+                         "put the file back there to use this run")
+    if trained_sha256 and hashlib.sha256(path.read_bytes()).hexdigest() != trained_sha256:
+        ui.err_console().print(f"[yellow]note[/]: {path.name} changed since run {run!r} was trained; its saved "
+                               "weights are loaded into the changed code")
+    return learner_gpt_class(path)(model_config).to(device)

@@ -5,8 +5,9 @@ Two families are presets of the same config:
 - `nanochat`: rotary positions, QK-norm, parameter-free RMSNorm (after the embedding, before each
   block part, before the head), ReLU², untied embedding and head, logit softcap 15, no biases,
   zero-initialised output projections. Width = 64 x depth, head_dim 128.
-- `gpt2`: learned positions, LayerNorm with gain and bias, GELU, tied embedding and head, dropout,
-  biases. Width = 64 x depth, head_dim 64 (depth 12 is GPT-2 small).
+- `gpt2`: learned positions, LayerNorm with gain and bias, GELU, tied embedding and head, biases
+  (dropout is available for it, default 0 as in nanoGPT). Width = 64 x depth, head_dim 64 (depth
+  12 is GPT-2 small).
 
 Experiments flip one switch at a time, so no switch implies another.
 """

@@ -21,7 +21,6 @@ import re
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 
-import torch
 
 from glassgpt.model.config import GPTConfig
 from glassgpt.model.gpt import GPT

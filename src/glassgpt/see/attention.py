@@ -13,7 +13,6 @@ the model's own softmax(q·k / sqrt(D)), not a recomputation.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 

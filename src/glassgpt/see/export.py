@@ -41,7 +41,7 @@ def _finite(value):
 
 
 def to_markdown(sections: list[Section], header: str, steps: int) -> str:
-    lines = [f"# glassgpt trace", "", f"{header}. Iteration 1 of {steps} in full; all iterations summarised at the end.", ""]
+    lines = ["# glassgpt trace", "", f"{header}. Iteration 1 of {steps} in full; all iterations summarised at the end.", ""]
     lines += ["## Contents", ""] + [f"- [{s.title}](#{s.id})" for s in sections] + [""]
     explained: set[str] = set()
     for section in sections:

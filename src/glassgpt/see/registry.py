@@ -328,9 +328,11 @@ ENTRIES: list[Explanation] = [
     ),
     Explanation(
         "topic:update_ratio", "Update-to-weight ratio",
-        "How far one optimiser step moves each weight matrix relative to its size. Around 1e-3 per step is "
-        "healthy for AdamW-trained matrices; much larger means the step is too big, much smaller that it learns slowly. "
-        "Muon's orthogonalised updates have a fixed size set by the learning rate.",
+        "How far one optimiser step moves each weight matrix relative to its size. In steady training, around "
+        "1e-3 per step is typical for AdamW-trained matrices; much larger means the step is too big, much smaller "
+        "that it learns slowly. The first AdamW steps are larger (each entry moves by about the learning rate, "
+        "whatever its gradient), a tensor that just left zero has a huge ratio, and Muon's orthogonalised "
+        "updates have a size set by the learning rate alone.",
         "ratio = ‖ΔW‖ / ‖W‖",
     ),
 ]
@@ -477,7 +479,8 @@ def check_patterns(patterns: list[str], config: GPTConfig) -> None:
     names = names_for(config)
     for pattern in patterns:
         if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
-            close = difflib.get_close_matches(pattern, sorted(set(TRACE_POINTS) | set(names)), n=4, cutoff=0.5)
+            candidates = sorted({pattern_of(name) for name in names} | set(names))  # this model's names only
+            close = difflib.get_close_matches(pattern, candidates, n=4, cutoff=0.5)
             hint = f"; close matches: {', '.join(close)}" if close else "; see glassgpt trace --list"
             raise UsageError(f"trace point pattern {pattern!r} matches nothing{hint}")
 

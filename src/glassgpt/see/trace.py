@@ -29,8 +29,7 @@ from glassgpt.model.gpt import GPT
 from glassgpt.see.registry import check_patterns
 from glassgpt.see.tracer import StatsTracer, TensorStats
 from glassgpt.tokenizer import Tokenizer
-from glassgpt.train.optim import (Muon, OptimizerSettings, build_optimizers, lr_multiplier, muon_momentum,
-                                  set_learning_rates)
+from glassgpt.train.optim import Muon, build_optimizers, lr_multiplier, muon_momentum, set_learning_rates
 
 
 @dataclass
@@ -72,6 +71,7 @@ class TraceReport:
     rotary: dict[str, torch.Tensor]
     notices: list[str]
     lr: dict[str, float]
+    same_batch: bool  # --text: every iteration sees the same tokens
 
 
 def parse_blocks(spec: str | None, n_layer: int) -> list[int]:
@@ -106,7 +106,7 @@ def _fresh_model(options: TraceOptions, runtime) -> tuple[GPT, Tokenizer, list, 
     model = GPT.build(config, runtime.device)
     optimizers = _optimizers(model, train_config)
     source = f"a fresh {options.family} model (depth {options.depth}, seed {options.seed})"
-    return model, tokenizer, optimizers, train_config, source, data.train
+    return model, tokenizer, optimizers, train_config, source, data.train, 0
 
 
 def _saved_model(options: TraceOptions, runtime):
@@ -118,6 +118,7 @@ def _saved_model(options: TraceOptions, runtime):
     saved = TrainConfig(**{k: v for k, v in run.config["train"].items() if k in TrainConfig.__dataclass_fields__})
     model = run.model
     optimizers = _optimizers(model, saved)
+    saved_step = run.step
     folder = checkpoint.latest(run.folder)
     checkpoint.load_optimizers(folder, optimizers)  # continue from the run's real optimiser state
     seq_len = options.seq_len or model.config.sequence_len
@@ -129,14 +130,11 @@ def _saved_model(options: TraceOptions, runtime):
         _, _, data = prepare_data(saved, runtime, say=lambda *a, **k: None)
         tokens = data.train
     saved.seq_len = seq_len
-    return model, run.tokenizer, optimizers, saved, f"run {options.run!r} at step {run.step}", tokens
+    return model, run.tokenizer, optimizers, saved, f"run {options.run!r} at step {run.step}", tokens, saved_step
 
 
 def _optimizers(model: GPT, config: TrainConfig):
-    return build_optimizers(model, OptimizerSettings(
-        kind=config.resolved_optimizer, matrix_lr=config.matrix_lr, embedding_lr=config.embedding_lr,
-        unembedding_lr=config.unembedding_lr, scalar_lr=config.scalar_lr, adamw_lr=config.adamw_lr,
-        weight_decay=config.weight_decay, beta1=config.beta1, beta2=config.beta2))
+    return build_optimizers(model, config.optimizer_settings())
 
 
 def group_labels(model: GPT, optimizers) -> dict[str, str]:
@@ -187,10 +185,11 @@ def check_options(options: TraceOptions) -> GPTConfig:
 def run_trace(options: TraceOptions) -> TraceReport:
     check_options(options)
     runtime = devices.setup(options.device, "fp32")
+    # A saved run continues its schedule where it stopped (its learning rate and Muon momentum).
     if options.run:
-        model, tokenizer, optimizers, train_config, source, train_tokens = _saved_model(options, runtime)
+        model, tokenizer, optimizers, train_config, source, train_tokens, first_step = _saved_model(options, runtime)
     else:
-        model, tokenizer, optimizers, train_config, source, train_tokens = _fresh_model(options, runtime)
+        model, tokenizer, optimizers, train_config, source, train_tokens, first_step = _fresh_model(options, runtime)
     config = model.config
     seq_len = train_config.seq_len
     blocks = parse_blocks(options.blocks, config.n_layer)
@@ -218,9 +217,10 @@ def run_trace(options: TraceOptions) -> TraceReport:
     steps: list[StepTrace] = []
     first_ids: list[int] = []
     for step in range(options.steps):
-        multiplier = lr_multiplier(step, train_config.max_steps, train_config.warmup_steps,
+        schedule_step = min(first_step + step, train_config.max_steps - 1)
+        multiplier = lr_multiplier(schedule_step, train_config.max_steps, train_config.warmup_steps,
                                    train_config.warmdown_ratio, train_config.final_lr_frac)
-        set_learning_rates(optimizers, multiplier, muon_momentum(step, train_config.muon_momentum_warmup))
+        set_learning_rates(optimizers, multiplier, muon_momentum(schedule_step, train_config.muon_momentum_warmup))
         x, y = batches()
         if step == 0:
             first_ids = x[0].tolist()
@@ -241,7 +241,8 @@ def run_trace(options: TraceOptions) -> TraceReport:
     rotary = {}
     if config.position == "rope":
         rotary = {"cos": model.rotary_cos[: options.crop].cpu().clone(), "sin": model.rotary_sin[: options.crop].cpu().clone()}
-    return TraceReport(config, tokenizer, source, first_ids, blocks, steps, rotary, notices, runtime_lr)
+    return TraceReport(config, tokenizer, source, first_ids, blocks, steps, rotary, notices, runtime_lr,
+                       same_batch=options.text is not None)
 
 
 def update_ratio(before: torch.Tensor, after: torch.Tensor) -> float | None:

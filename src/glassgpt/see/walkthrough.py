@@ -109,7 +109,7 @@ def build(report: TraceReport, only: list[str] | None = None) -> list[Section]:
     section("loss", "Loss", None,
             tensor("loss.per_token", "one surprise value per position; the loss is their mean"),
             tensor("loss", f"loss {step.loss:.4f} nats vs ln({config.vocab_size:,}) = {uniform:.4f} for a uniform "
-                           f"guess ({'better' if step.loss < uniform else 'no better'} than uniform)"))
+                           f"guess ({_versus_uniform(step.loss, uniform)})"))
 
     # -- backward and optimiser -------------------------------------------------------------------
     if not only:
@@ -128,10 +128,11 @@ def _block_sections(report: TraceReport, step: StepTrace, i: int, tensor, want) 
     pre = stats.get(p + "resid.pre")
     entries.append(tensor(p + "resid.pre", f"‖stream‖ = {pre.norm:.3f}" if pre else ""))
     entries.append(tensor(p + "attn.norm", _rms_note(stats.get(p + "attn.norm"))))
-    entries.append(tensor(p + "attn.q", f"(1, T, {C}) @ W_qᵀ ({C} → {H * D}) then split: {H} heads x {D} dims"))
+    entries.append(tensor(p + "attn.q", f"(1, T, {C}) @ W_qᵀ ({C} → {H * D}) then split: {_plural(H, 'head')} "
+                                         f"x {D} dims"))
     group = H // Hkv
-    kv_note = (f"grouped-query: {Hkv} key/value head(s) for {H} query heads, each shared by {group}"
-               if Hkv < H else f"{Hkv} key heads, one per query head")
+    kv_note = (f"grouped-query: {_plural(Hkv, 'key/value head')} for {H} query heads, each shared by {group}"
+               if Hkv < H else f"{_plural(Hkv, 'key head')}, one per query head")
     entries.append(tensor(p + "attn.k", kv_note))
     entries.append(tensor(p + "attn.v", "values are not rotated: they carry content, not position"))
     entries.append(tensor(p + "attn.q_rot", _rotation_note(step, p)))
@@ -158,7 +159,7 @@ def _block_sections(report: TraceReport, step: StepTrace, i: int, tensor, want) 
     entries.append(masked)
     entries.append(tensor(p + "attn.pattern", _pattern_note(step.kept.get(p + "attn.pattern"))))
     entries.append(tensor(p + "attn.z", "(1, H, T, D) @ → transposed back to (1, T, H, D)"))
-    entries.append(tensor(p + "attn.out", f"{H} heads x {D} concatenated = {H * D} → projected to {C}"))
+    entries.append(tensor(p + "attn.out", f"{_plural(H, 'head')} x {D} concatenated = {H * D} → projected to {C}"))
     mid = stats.get(p + "resid.mid")
     entries.append(tensor(p + "resid.mid", _residual_note(pre, mid, "attention", config.residual)))
     attention = Section(f"block-{i}-attention", f"Block {i} · attention", explain("topic:prenorm"),
@@ -230,8 +231,9 @@ def _gradient_section(report: TraceReport, step: StepTrace) -> Section:
                       else "—" for s in report.steps)] for i in range(config.n_layer)]
         entries.append(Entry("Gradient of the residual stream, every iteration", table={
             "columns": ["block", *(f"iteration {s.step}" for s in report.steps)], "rows": rows}, notes=[
-            "with zero-initialised output projections and head, nothing below the head gets a gradient in "
-            "iteration 1; after one step the head is non-zero and the signal reaches every block"
+            "with a zero-initialised head and output projections, nothing below the head gets a gradient in "
+            "iteration 1; once the head is non-zero (iteration 2) the stream, the embedding and the c_proj layers "
+            "do; the layers feeding a c_proj get theirs once that c_proj is non-zero (iteration 3)"
             if _blocked(report.steps[0], config) else "the signal reaches every block from the first iteration"]))
     return Section("gradients", "Backward: gradient flow", explain("topic:gradients"), entries)
 
@@ -277,7 +279,9 @@ def _iterations_section(report: TraceReport) -> Section:
         rows.append([step.step, f"{step.loss:.4f}", f"{step.grad_norm:.4f}",
                      *(_mean([r for r in by_group.get(g, []) if r is not None]) for g in groups)])
     losses = [s.loss for s in report.steps]
-    note = (f"loss {losses[0]:.4f} → {losses[-1]:.4f} over {len(losses)} iterations (each on a new batch)"
+    batches = "the same text every iteration: the drop is partly memorisation" if report.same_batch \
+        else "each on a new batch of the corpus"
+    note = (f"loss {losses[0]:.4f} → {losses[-1]:.4f} over {len(losses)} iterations ({batches})"
             if len(losses) > 1 else "one iteration")
     return Section("iterations", "All iterations", None, [Entry(
         "Loss, gradient norm and update ratios per iteration", notes=[note],
@@ -285,6 +289,16 @@ def _iterations_section(report: TraceReport) -> Section:
 
 
 # -- notes computed from the real values -----------------------------------------------------------
+
+
+def _versus_uniform(loss: float, uniform: float) -> str:
+    if abs(loss - uniform) < 1e-3:
+        return "exactly a uniform guess: every token equally likely"
+    return "better than uniform" if loss < uniform else "worse than uniform: confidently wrong"
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}" + ("" if count == 1 else "s")
 
 
 def _fmt(value: float | None) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from glassgpt import atomic, device as devices, paths, ui
+from glassgpt import __version__, atomic, device as devices, paths, ui
 from glassgpt.config import TrainConfig
 from glassgpt.data import shards as token_shards
 from glassgpt.data import sources
@@ -38,8 +38,7 @@ from glassgpt.evals.bpb import evaluate_bpb
 from glassgpt.model.gpt import GPT
 from glassgpt.tokenizer import Tokenizer, tokenizer_path, train_and_save
 from glassgpt.train import checkpoint
-from glassgpt.train.optim import (OptimizerSettings, build_optimizers, lr_multiplier, muon_momentum,
-                                  set_learning_rates)
+from glassgpt.train.optim import build_optimizers, lr_multiplier, muon_momentum, set_learning_rates
 
 # Fields that may change when a run is resumed: they do not change what the run computes (except
 # max_steps, which lengthens the schedule; the continuation is then exact only up to that change).
@@ -52,7 +51,6 @@ class TrainResult:
     run_dir: Path
     step: int
     val_bpb: float | None
-    samples: list[str]
     interrupted: bool
     train_seconds: float
 
@@ -195,16 +193,13 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         raise GlassError(f"run {config.run!r} has no checkpoint to resume from; train it without --resume")
     check_writable(run_dir)
 
+    tokens_per_pass = config.device_batch_size * config.seq_len * runtime.world_size
+    grad_accum_steps = grad_accumulation_steps(config.total_batch_size, tokens_per_pass)  # fail before any work
     corpus, tokenizer, data = prepare_data(config, runtime, say)
     model_config = config.model_config(tokenizer.vocab_size)
     model = build_model(config, model_config, runtime.device, say)
     torch.manual_seed(config.seed)  # the data order and dropout: the same whichever model was built
-    optimizers = build_optimizers(model, OptimizerSettings(
-        kind=config.resolved_optimizer, matrix_lr=config.matrix_lr, embedding_lr=config.embedding_lr,
-        unembedding_lr=config.unembedding_lr, scalar_lr=config.scalar_lr, adamw_lr=config.adamw_lr,
-        weight_decay=config.weight_decay, beta1=config.beta1, beta2=config.beta2))
-    tokens_per_pass = config.device_batch_size * config.seq_len * runtime.world_size
-    grad_accum_steps = grad_accumulation_steps(config.total_batch_size, tokens_per_pass)
+    optimizers = build_optimizers(model, config.optimizer_settings())
     loader = TokenLoader(data.train, config.device_batch_size, config.seq_len, config.seed,
                          runtime.rank, runtime.world_size, runtime.device)
 
@@ -217,6 +212,10 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         loader.load_state_dict(state["loader"])
         checkpoint.restore_rng(state)
         start_step, train_seconds, last_bpb = state["step"], state.get("train_seconds", 0.0), state.get("val_bpb")
+        if state.get("world_size", 1) != runtime.world_size:
+            say(f"[yellow]note[/]: the run was trained on {state.get('world_size', 1)} process(es), now "
+                f"{runtime.world_size}: it goes on, but batches are cut differently, so it is no longer an exact "
+                "continuation")
         if start_step >= config.max_steps:
             raise UsageError(f"run {config.run!r} already reached step {start_step} of --max-steps "
                              f"{config.max_steps}; pass a larger --max-steps to train further")
@@ -324,20 +323,18 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             last_bpb = evaluate(step)
         save(step)
 
-    final_samples: list[str] = []
     if runtime.is_main:
         _plot(run_dir)
         if interrupted:
-            say(f"[yellow]interrupted[/]: saved a checkpoint at step {step}. Resume with: "
-                f"[bold]glassgpt train --run {config.run} --resume[/]")
+            command = (f"torchrun --standalone --nproc-per-node {runtime.world_size} -m glassgpt train "
+                       f"--run-name {config.run} --resume" if runtime.distributed
+                       else f"glassgpt train --run {config.run} --resume")
+            say(f"[yellow]interrupted[/]: saved a checkpoint at step {step}. Resume with: [bold]{command}[/]")
         else:
             say(f"[bold green]done[/]: {step} steps in {ui.format_duration(train_seconds)} of training; "
                 f"val bits/byte [bold]{last_bpb:.4f}[/]; run saved in {run_dir}")
-        samples_file = run_dir / "samples.txt"
-        if samples_file.exists():
-            final_samples = samples_file.read_text(encoding="utf-8").split("=== step ")[-1].split("\n---\n")[:-1]
     devices.teardown(runtime)
-    return TrainResult(run_dir, step, last_bpb, final_samples, interrupted, train_seconds)
+    return TrainResult(run_dir, step, last_bpb, interrupted, train_seconds)
 
 
 def build_model(config: TrainConfig, model_config, device, say=print) -> torch.nn.Module:
@@ -395,7 +392,8 @@ def _write_run_files(run_dir, config, model_config, tokenizer, corpus, data, res
         "tokenizer": {"name": config.tokenizer or default_tokenizer_name(corpus, config.vocab_size),
                       "fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size},
         "data": {"corpus": corpus.key, **{k: data.meta[k] for k in ("train_tokens", "val_tokens", "train_bytes", "val_bytes")}},
-        "glassgpt": __import__("glassgpt").__version__, "torch": torch.__version__,
+        "model_file_sha256": _sha256_of(config.model_file) if config.model_file else None,
+        "glassgpt": __version__, "torch": torch.__version__,
     }, indent=2))
     tokenizer.save(run_dir / "tokenizer.json")
     metrics = run_dir / "metrics.jsonl"
@@ -405,6 +403,12 @@ def _write_run_files(run_dir, config, model_config, tokenizer, corpus, data, res
     elif not resume:
         metrics.unlink(missing_ok=True)
         (run_dir / "samples.txt").unlink(missing_ok=True)
+
+
+def _sha256_of(path: str) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _append_metrics(path: Path, record: dict) -> None:
