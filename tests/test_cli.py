@@ -81,6 +81,10 @@ def test_tokenizer_commands_train_encode_and_evaluate(glass_home, capsys):
     assert main(["tokenizer", "encode", "--name", "tinyshakespeare-512", "--text", "To be, or not to be"]) == 0
     out = capsys.readouterr().out
     assert "round trip exact: True" in out and "ids: [" in out
+    # é is two bytes that a Shakespeare vocabulary keeps apart: the text stays whole, the pieces show bytes
+    assert main(["tokenizer", "encode", "--name", "tinyshakespeare-512", "--text", "café"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "café" and "b'\\xc3'" in out and "\ufffd" not in out
     assert main(["tokenizer", "eval", "--name", "tinyshakespeare-512", "--data", "tinyshakespeare"]) == 0
     out = capsys.readouterr().out
     assert "val" in out and "bytes/token" in out
@@ -112,3 +116,17 @@ def test_bench_reports_throughput_mfu_and_decode_speed(tmp_path, capsys):
 def test_version():
     result = run_cli("--version")
     assert result.returncode == 0 and result.stdout.startswith("glassgpt ")
+
+
+def test_an_error_from_the_operating_system_is_one_line_not_a_traceback(monkeypatch, capsys):
+    import errno
+
+    from glassgpt import cli
+
+    def full_disk(args):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/shards/x.bin")
+
+    monkeypatch.setattr(cli, "_run_data_list", full_disk)
+    assert cli.main(["data", "list"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: No space left on device (/data/shards/x.bin)")

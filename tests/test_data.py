@@ -64,6 +64,16 @@ def test_jsonl_parquet_and_folders_give_documents_and_a_document_split(tmp_path)
     assert len(list(glob_corpus.train())) + len(list(glob_corpus.val())) == 12
 
 
+def test_a_folder_of_few_files_is_cut_at_90_percent_of_its_characters(tmp_path):
+    folder = tmp_path / "two"
+    folder.mkdir()
+    (folder / "a.txt").write_text("a" * 600)
+    (folder / "b.txt").write_text("b" * 400)  # whole files would give a 60/40 split
+    corpus = sources.resolve(str(folder))
+    assert list(corpus.train()) == ["a" * 600, "b" * 300] and list(corpus.val()) == ["b" * 100]
+    assert sources.split_documents(["x" * 10] * 3) == (["x" * 10] * 2 + ["x" * 7], ["x" * 3])
+
+
 def test_corpus_key_changes_when_the_file_changes(tmp_path):
     path = tmp_path / "t.txt"
     path.write_text("one")

@@ -32,6 +32,7 @@ def test_asking_for_a_missing_gpu_is_a_clear_error(monkeypatch):
 
 def test_cpu_dtype_auto_picks_bf16_only_when_measured_faster(monkeypatch):
     cpu = torch.device("cpu")
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
     monkeypatch.setattr(device, "cpu_matmul_speeds", lambda: (120.0, 1.2))  # emulated bf16 (e.g. AMD Zen 3)
     dtype, reason = device.resolve_dtype("auto", cpu)
     assert dtype == "fp32" and "1.2" in reason and "120" in reason
@@ -55,3 +56,25 @@ def test_bf16_autocast_runs_the_model_on_cpu():
 
 def test_matmul_measurement_is_positive():
     assert device.measure_matmul(torch.device("cpu"), torch.float32, n=64, seconds=0.01) > 0
+
+
+def test_cpu_without_bf16_flags_trains_in_fp32_without_measuring(monkeypatch):
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(device, "cpu_matmul_speeds", lambda: pytest.fail("no need to measure"))
+    dtype, reason = device.resolve_dtype("auto", torch.device("cpu"))
+    assert dtype == "fp32" and "no bf16 instructions" in reason
+
+
+def test_bf16_flags_are_read_from_cpuinfo(tmp_path):
+    zen3 = tmp_path / "zen3"
+    zen3.write_text("processor : 0\nflags : fpu sse2 avx2 fma\n\nprocessor : 1\nflags : fpu sse2 avx2 fma\n")
+    zen4 = tmp_path / "zen4"
+    zen4.write_text("processor : 0\nflags : fpu avx2 avx512f avx512_bf16\n")
+    graviton = tmp_path / "arm"
+    graviton.write_text("processor : 0\nFeatures : fp asimd bf16 i8mm\n")
+    assert device.cpu_has_native_bf16(str(zen3)) is False
+    assert device.cpu_has_native_bf16(str(zen4)) is True
+    assert device.cpu_has_native_bf16(str(graviton)) is True
+    assert device.cpu_has_native_bf16(str(tmp_path / "missing")) is None
+    (tmp_path / "empty").write_text("")
+    assert device.cpu_has_native_bf16(str(tmp_path / "empty")) is None

@@ -1,11 +1,26 @@
 """Every command in the README and docs/ runs, so the docs never rot.
 
-Commands are the lines of ```bash blocks that start with `glassgpt`, `torchrun` or
-`python benchmarks/`. Each file runs top to bottom in its own cache root, so a page can train a
-run and then sample from it. `export NAME=value` lines set the environment for the lines after.
-Two adaptations keep CI fast, and are the only ones: training commands run with --max-steps
-capped at MAX_STEPS (we check that the documented command works, not how long it trains), and the
-README's setup lines (venv, pip) are run by .ci/run itself, so here only their `glassgpt` part runs.
+Commands are the lines of ```bash, ```sh and ```shell blocks that start with `glassgpt`, `torchrun`,
+`python benchmarks/` or one of the few shell verbs a page uses to make or read an example file
+(optionally after `NAME=value` environment settings). Each file runs top to bottom in its own cache
+root, so a page can train a run and then sample from it. `export NAME=value` lines set the
+environment for the lines after.
+
+What a page can say to this test (and to its reader):
+
+- `# exits N` as a trailing comment: the command is expected to exit with code N (a grader that
+  fails an unfinished file, for example). Without it, the command must exit 0.
+- `# not run by the tests: <reason>` as a trailing comment: the command needs what CI does not
+  have (several GPUs, the internet); the reason is required.
+- `<!-- doc-test: cp tests/fixtures/X.py my_gpt.py -->` (an HTML comment, invisible on the page):
+  a setup step for the test only, e.g. standing in for the reader's finished exercise. The source
+  path is relative to the repository.
+
+Four adaptations keep CI fast and hermetic, and are the only ones: training commands run with
+--max-steps capped at MAX_STEPS and `glassgpt bench` times one step and a few tokens (we check
+that the documented command works, not how long it trains or how fast it is); `~/.cache/glassgpt`
+in a command means the test's own cache root; and the README's setup lines (venv, pip) are run by
+.ci/run itself, so here only their `glassgpt` part runs.
 """
 
 from __future__ import annotations
@@ -13,8 +28,10 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -22,31 +39,55 @@ import pytest
 from conftest import REPO
 
 MAX_STEPS = 3
-# Lines that run: glassgpt itself, torchrun, the benchmarks, and the few shell verbs a page uses
-# to make an example file. Anything else in a bash block (pip, venv) is setup, run by .ci/run.
-RUNNABLE = ("glassgpt ", "torchrun ", "python benchmarks/", "export ", "printf ", "mkdir ", "cp ")
+PROGRAMS = ("glassgpt", "torchrun", "python benchmarks/")
+SHELL_VERBS = ("printf ", "mkdir ", "cp ", "grep ", "head ", "cat ", "ls ")
 DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+BLOCKS = ("```bash", "```sh", "```shell")
+ENV_PREFIX = re.compile(r"^((?:[A-Z_][A-Z0-9_]*=\S*\s+)+)")
+NOT_RUN = "# not run by the tests:"
 
 
-def commands_in(path: Path) -> list[str]:
-    commands, in_bash = [], False
+@dataclass
+class Command:
+    text: str
+    expected_exit: int = 0
+    setup: bool = False  # a doc-test directive, not shown to readers
+
+
+def commands_in(path: Path) -> list[Command]:
+    commands, in_block = [], False
     for line in path.read_text(encoding="utf-8").splitlines():
+        directive = re.fullmatch(r"\s*<!-- doc-test: (.+?) -->\s*", line)
+        if directive and not in_block:
+            commands.append(Command(directive.group(1), setup=True))
+            continue
         if line.startswith("```"):
-            in_bash = line.strip() in ("```bash", "```sh") and not in_bash
+            in_block = line.strip() in BLOCKS and not in_block
             continue
-        if not in_bash:
+        if not in_block:
             continue
-        line = line.split(" #", 1)[0].strip()  # trailing comments explain, they do not run
-        for part in (p.strip() for p in line.split("&&")):
+        if NOT_RUN in line:
+            assert line.split(NOT_RUN, 1)[1].strip(), f"{path.name}: `{line}` is not run but says no reason"
+            continue
+        line, _, comment = line.partition(" #")
+        exits = re.search(r"\bexits (\d+)", comment)
+        for part in (p.strip() for p in line.strip().split("&&")):
             part = re.sub(r"^\.venv/bin/", "", part)
-            if part.startswith(RUNNABLE) or part == "glassgpt":
-                commands.append(part)
+            program = ENV_PREFIX.sub("", part)
+            if program.startswith(PROGRAMS + SHELL_VERBS + ("export ",)) or program == "glassgpt":
+                commands.append(Command(part, int(exits.group(1)) if exits else 0))
     return commands
 
 
+BENCH_CAPS = {"--steps": "1", "--decode-tokens": "8"}
+
+
 def capped(argv: list[str]) -> list[str]:
-    """Cap --max-steps of training commands; add it when the command trains by default."""
+    """Cap --max-steps of training commands (add it when the command trains by default), and the
+    timed steps and tokens of `glassgpt bench`."""
     command = argv[argv.index("glassgpt") + 1] if "glassgpt" in argv[:-1] else (argv[0] if argv else "")
+    if command == "bench" and "--help" not in argv:
+        return list(argv) + [item for flag, value in BENCH_CAPS.items() if flag not in argv for item in (flag, value)]
     trains = command in ("train", "quickstart") or any(a.endswith("speedrun_shakespeare.py") for a in argv)
     if not trains or "--help" in argv:
         return argv
@@ -59,16 +100,28 @@ def capped(argv: list[str]) -> list[str]:
     return argv
 
 
-def to_process(command: str) -> list[str]:
-    if command.startswith(("printf ", "mkdir ", "cp ")):
-        return ["bash", "-c", command]
+def to_process(command: str, env: dict) -> tuple[list[str], dict]:
+    """(argv, environment) for one documented command."""
+    command = command.replace("~/.cache/glassgpt", env["GLASSGPT_HOME"])
+    prefix = ENV_PREFIX.match(command)
+    if prefix:
+        env = {**env, **dict(setting.split("=", 1) for setting in prefix.group(1).split())}
+        command = command[prefix.end():]
+    if command.startswith(SHELL_VERBS):
+        return ["bash", "-c", command], env
     argv = shlex.split(command)
     if argv[0] == "glassgpt":
-        return [sys.executable, "-m", "glassgpt", *capped(argv[1:])]
+        return [sys.executable, "-m", "glassgpt", *capped(argv[1:])], env
     if argv[0] == "torchrun":
-        return [sys.executable, "-m", "torch.distributed.run", *capped(argv[1:])]
+        return [sys.executable, "-m", "torch.distributed.run", *capped(argv[1:])], env
     script, *rest = capped(argv[1:])  # the script's name tells capped() that it trains
-    return [sys.executable, str(REPO / script), *rest]
+    return [sys.executable, str(REPO / script), *rest], env
+
+
+def run_setup(directive: str, cwd: Path) -> None:
+    verb, *args = shlex.split(directive)
+    assert verb == "cp" and len(args) == 2, f"unknown doc-test directive: {directive}"
+    shutil.copy(REPO / args[0], cwd / args[1])
 
 
 def test_every_documented_file_has_commands():
@@ -78,16 +131,38 @@ def test_every_documented_file_has_commands():
             assert commands_in(path), f"{path.relative_to(REPO)} shows no command to run"
 
 
+def test_the_harness_reads_exit_codes_reasons_and_setup(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("<!-- doc-test: cp tests/fixtures/learner_nanochat.py my_gpt.py -->\n```bash\n"
+                    "glassgpt learn check my_gpt.py   # exits 1 until every TODO is done\n"
+                    "FOO=1 glassgpt bench --what matmul\n"
+                    "torchrun --nproc-per-node 8 -m glassgpt train --run x   # not run by the tests: 8 GPUs\n"
+                    "pip install glassgpt\n```\n```text\nglassgpt not-a-command\n```\n")
+    commands = commands_in(page)
+    assert [(c.text.split()[0], c.expected_exit, c.setup) for c in commands] == [
+        ("cp", 0, True), ("glassgpt", 1, False), ("FOO=1", 0, False)]
+    argv, env = to_process(commands[2].text, {"GLASSGPT_HOME": "/h"})
+    assert argv[1:] == ["-m", "glassgpt", "bench", "--what", "matmul", "--steps", "1", "--decode-tokens", "8"]
+    assert env["FOO"] == "1"
+    assert capped(["glassgpt", "train", "--run", "x"])[-2:] == ["--max-steps", str(MAX_STEPS)]
+    assert capped(["glassgpt", "sample", "--run", "x"]) == ["glassgpt", "sample", "--run", "x"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: str(p.relative_to(REPO)))
 def test_documented_commands_run(path, tmp_path):
     env = {**os.environ, "GLASSGPT_HOME": str(tmp_path / "home"), "NO_COLOR": "1"}
     for command in commands_in(path):
-        if command.startswith("export "):
-            name, _, value = command[len("export "):].partition("=")
+        if command.setup:
+            run_setup(command.text, tmp_path)
+            continue
+        if command.text.startswith("export "):
+            name, _, value = command.text[len("export "):].partition("=")
             if name != "GLASSGPT_DATA_MIRROR":  # the tests already point at the mirror
                 env[name] = os.path.expandvars(value.strip("'\""))
             continue
-        result = subprocess.run(to_process(command), capture_output=True, text=True, env=env, cwd=tmp_path,
-                                timeout=600)
-        assert result.returncode == 0, f"{path.name}: `{command}` failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+        argv, command_env = to_process(command.text, env)
+        result = subprocess.run(argv, capture_output=True, text=True, env=command_env, cwd=tmp_path, timeout=600)
+        assert result.returncode == command.expected_exit, (
+            f"{path.name}: `{command.text}` exited {result.returncode}, expected {command.expected_exit}:\n"
+            f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}")

@@ -47,10 +47,12 @@ def test_generation_with_and_without_cache_is_identical_and_seeded():
     assert list(engine.generate(prompt, 40, temperature=0.9, seed=8)) != cached
 
 
-def test_generation_continues_past_the_context_window():
+def test_generation_continues_past_the_context_window_alike_with_and_without_cache():
     model = tiny_model(tiny_config(sequence_len=16))
-    tokens = list(Engine(model).generate([1, 2, 3], 50, temperature=0))
-    assert len(tokens) == 50
+    engine = Engine(model)
+    cached = list(engine.generate([1, 2, 3], 50, temperature=0.9, seed=3))
+    naive = list(engine.generate([1, 2, 3], 50, temperature=0.9, seed=3, use_cache=False))
+    assert len(cached) == 50 and cached == naive  # 50 > 16: the window was cut twice
 
 
 def test_generation_stops_after_a_stop_token():

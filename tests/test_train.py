@@ -167,15 +167,85 @@ def test_unwritable_cache_root_fails_before_any_work(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     result = run_cli("train", *TINY_TRAIN, "--run", "x", env={"GLASSGPT_HOME": str(blocker / "home")})
-    assert result.returncode != 0 and "Traceback" not in result.stderr
-    assert "not a writable folder" in result.stderr or "cannot" in result.stderr
+    one_line_error(result, 1, "not a writable folder", "GLASSGPT_HOME")
+    assert blocker.read_text() == "not a folder"
 
 
-def test_loss_going_to_nan_stops_with_advice(glass_home, capsys):
-    assert train("--run", "boom", "--max-steps", "3", "--eval-every", "0", "--optimizer", "adamw",
-                 "--adamw-lr", "1e30", "--grad-clip", "0") == 1
+@pytest.mark.skipif(__import__("os").geteuid() == 0, reason="root may write to a read-only folder")
+def test_read_only_runs_folder_fails_before_any_work(tmp_path):
+    home = tmp_path / "home"
+    (home / "runs").mkdir(parents=True)
+    (home / "runs").chmod(0o555)
+    try:
+        result = run_cli("train", *TINY_TRAIN, "--run", "x", env={"GLASSGPT_HOME": str(home)})
+        one_line_error(result, 1, "not a writable folder")
+        assert list((home / "runs").iterdir()) == [] and not (home / "shards").exists()
+    finally:
+        (home / "runs").chmod(0o755)
+
+
+def test_loss_going_to_nan_stops_with_advice_and_frees_the_run_name(glass_home, capsys):
+    boom = ["--run", "boom", "--max-steps", "3", "--eval-every", "0", "--optimizer", "adamw", "--grad-clip", "0"]
+    assert train(*boom, "--adamw-lr", "1e30") == 1
     err = capsys.readouterr().err
     assert "lower the learning rates" in err
+    assert not (glass_home / "runs" / "boom").exists()  # nothing to resume, so nothing kept
+    assert train(*boom, "--adamw-lr", "1e-3") == 0  # the same name, with a sane learning rate
+
+
+def test_a_run_folder_left_without_a_checkpoint_is_started_afresh(glass_home, capsys):
+    stale = glass_home / "runs" / "stale"
+    stale.mkdir(parents=True)
+    (stale / "config.json").write_text("{}")  # e.g. the machine lost power before step 1 was saved
+    (stale / "metrics.jsonl").write_text('{"step": 1, "loss": 9.0}\n')
+    assert train("--run", "stale", "--max-steps", "1", "--eval-every", "0") == 0
+    assert "has no checkpoint" in capsys.readouterr().out
+    assert list(losses(stale)) == [1] and json.loads((stale / "config.json").read_text())["train"]["run"] == "stale"
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_keeps_nothing_half(glass_home, tmp_path):
+    # RLIMIT_FSIZE: any write past 200 KB fails as on a full disk (the weights are ~250 KB).
+    script = ("import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (200_000, 200_000)); "
+              "from glassgpt.cli import main; sys.exit(main(sys.argv[1:]))")
+    assert train("--run", "first", "--max-steps", "1", "--eval-every", "0") == 0  # tokenizer and shards cached
+    result = subprocess.run([sys.executable, "-c", script, "train", *TINY_TRAIN, "--run", "full", "--max-steps", "2",
+                             "--eval-every", "0"], capture_output=True, text=True, timeout=300)
+    one_line_error(result, 1, "cannot write checkpoint", "disk full")
+    assert not (glass_home / "runs" / "full").exists()
+
+
+def test_resume_accepts_the_preset_it_was_trained_with_and_refuses_another(glass_home, capsys):
+    preset_flags = ["--run", "p", "--data", "tinyshakespeare", "--vocab-size", "512", "--depth", "1", "--n-embd", "32",
+                    "--n-head", "2", "--seq-len", "32", "--device-batch-size", "4", "--eval-every", "0",
+                    "--sample-tokens", "0", "--dtype", "fp32"]
+    assert main(["train", "--preset", "cpu-tiny", *preset_flags, "--max-steps", "1"]) == 0
+    capsys.readouterr()
+    # the command that started the run, with --resume and more steps: nothing disagrees
+    assert main(["train", "--preset", "cpu-tiny", *preset_flags, "--resume", "--max-steps", "2"]) == 0
+    assert main(["train", "--preset", "cpu-tiny-gpt2", *preset_flags, "--resume", "--max-steps", "3"]) == 2
+    assert "--preset cpu-tiny-gpt2 sets --family 'gpt2', but run 'p' was trained with 'nanochat'" in capsys.readouterr().err
+
+
+def test_a_single_learning_rate_flag_points_at_the_per_group_ones(glass_home):
+    result = run_cli("train", *TINY_TRAIN, "--run", "x", "--lr", "1e-3")
+    one_line_error(result, 2, "unknown option --lr", "--matrix-lr", "--adamw-lr")
+    assert no_run_folders(glass_home)
+
+
+def test_resume_drops_samples_logged_after_the_checkpoint_and_keeps_the_dtype(glass_home):
+    assert train("--run", "s", "--max-steps", "4", "--eval-every", "2", "--checkpoint-every", "2",
+                 "--keep-checkpoints", "3") == 0
+    run = glass_home / "runs" / "s"
+    shutil.rmtree(run / "checkpoints" / "step-000004")  # as if stopped just after step 2's checkpoint
+    saved = json.loads((run / "config.json").read_text())
+    assert saved["runtime"]["dtype"] == "fp32"
+    saved["train"]["dtype"] = "auto"  # a run started with --dtype auto...
+    (run / "config.json").write_text(json.dumps(saved))
+    assert main(["train", "--run", "s", "--resume"]) == 0
+    text = (run / "samples.txt").read_text()
+    assert [int(n) for n in __import__("re").findall(r"=== step (\d+) ===", text)] == [0, 2, 4]
+    assert json.loads((run / "config.json").read_text())["runtime"]["dtype"] == "fp32"  # ...keeps what it used
 
 
 @pytest.mark.slow
@@ -189,10 +259,21 @@ def test_data_parallel_training_with_torchrun_on_two_cpu_processes(glass_home):
     run = glass_home / "runs" / "ddp"
     state = json.loads((run / "checkpoints" / "step-000004" / "state.json").read_text())
     assert state["world_size"] == 2 and state["step"] == 4
+    assert len(state["rng_by_rank"]) == 2 and state["rng_by_rank"][0] == state["rng"]
     saved = json.loads((run / "config.json").read_text())
     assert saved["train"]["device_batch_size"] == 4
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]  # one writer: rank 0
+
+
+def test_writing_below_a_file_says_which_path_is_a_file(tmp_path):
+    from glassgpt import atomic
+    from glassgpt.errors import GlassError
+
+    (tmp_path / "report").write_text("a file")
+    with pytest.raises(GlassError, match=r"cannot write .*out.json: .*report is a file, not a folder"):
+        atomic.write_text(tmp_path / "report" / "sub" / "out.json", "{}")
+    assert (tmp_path / "report").read_text() == "a file"
 
 
 def test_files_written_atomically_get_the_usual_permissions(tmp_path):

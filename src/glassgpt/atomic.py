@@ -19,6 +19,9 @@ from glassgpt.errors import GlassError
 def _ensure_parent(path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        blocker = next((p for p in path.parents if p.exists() and not p.is_dir()), path.parent)
+        raise GlassError(f"cannot write {path}: {blocker} is a file, not a folder") from None
     except OSError as error:
         raise GlassError(f"cannot create folder {path.parent}: {error.strerror or error}") from None
 

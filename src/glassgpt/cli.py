@@ -7,6 +7,7 @@ Errors a user can cause (bad flags, missing runs, no network...) print one line 
 from __future__ import annotations
 
 import argparse
+import codecs
 import sys
 import time
 from pathlib import Path
@@ -56,8 +57,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except OSError as error:  # the machine said no: a full disk, a file limit, a vanished folder
+        where = f" ({error.filename})" if error.filename else ""
+        print(f"error: {error.strerror or error}{where}; check the free space and permissions of "
+              f"{_cache_root()}", file=sys.stderr)
+        return 1
     except BrokenPipeError:  # `glassgpt ... | head`
         return 0
+
+
+def _cache_root() -> str:
+    from glassgpt import paths
+
+    return str(paths.home())
 
 
 def build_parser() -> Parser:
@@ -97,7 +109,7 @@ metrics.jsonl, samples.txt, plots/loss.png and checkpoints/step-NNNNNN/. Ctrl-C 
 examples:
   glassgpt train --preset cpu-tiny --run shakespeare
   glassgpt train --preset cpu-tiny --run mqa --n-kv-head 1 --max-steps 300
-  glassgpt train --run mine --data notes/*.txt --depth 2 --vocab-size 1024 --max-steps 200
+  glassgpt train --run mine --data "notes/*.txt" --depth 2 --vocab-size 1024 --max-steps 200
   glassgpt train --run shakespeare --resume
   torchrun --standalone --nproc-per-node 2 -m glassgpt train --preset cpu-tiny --run-name ddp
 """
@@ -183,9 +195,14 @@ def _run_train(args) -> int:
     if "run" not in flags or not flags["run"]:
         raise UsageError("glassgpt train needs --run NAME (the run's folder name)")
     if args.resume:
-        if args.preset or args.config:
-            raise UsageError("--resume uses the run's saved config; drop --preset/--config")
-        config = loop.resumed_config(flags["run"], flags)
+        implied, implied_by = {}, []
+        if args.preset:
+            implied.update(cfg.preset(args.preset))
+            implied_by.append(f"--preset {args.preset}")
+        if args.config:
+            implied.update(cfg.load_config_file(args.config))
+            implied_by.append(f"--config {args.config}")
+        config = loop.resumed_config(flags["run"], flags, implied, " and ".join(implied_by))
     else:
         config = cfg.resolve(args.preset, args.config, flags)
     result = loop.train(config, resume=args.resume)
@@ -232,7 +249,7 @@ def _run_quickstart(args) -> int:
             out.print(f"continuing the interrupted run [bold]{args.run}[/]")
             result = loop.train(loop.resumed_config(args.run, {}), resume=True)
             _print_next_steps(args.run)
-            return 0 if not result.interrupted else 0
+            return 0
         else:
             shutil.rmtree(run_dir)  # a run that never reached its first checkpoint holds nothing to keep
     started = time.perf_counter()
@@ -364,15 +381,29 @@ def _add_tokenizer(commands) -> None:
     train = _sub(sub, "train", "train a tokenizer on a corpus's train split",
                  "Train a byte-level BPE tokenizer on the train split of --data and save it under\n"
                  "$GLASSGPT_HOME/tokenizers/NAME (default NAME: <corpus>-<vocab-size>, the name\n"
-                 "`glassgpt train` looks for).")
+                 "`glassgpt train` looks for). The first 256 ids are the raw bytes, so any UTF-8 text\n"
+                 "round-trips; the last 11 are special tokens reserved for chat (<|bos|>, <|user_start|>...).\n\n"
+                 "examples:\n"
+                 "  glassgpt tokenizer train --data tinyshakespeare --vocab-size 4096\n"
+                 "  glassgpt tokenizer train --data \"notes/*.txt\" --vocab-size 2048 --name notes-2048")
     train.add_argument("--data", default="tinyshakespeare", help="corpus name or path (default tinyshakespeare)")
     train.add_argument("--vocab-size", type=int, default=4096, metavar="N", help="vocabulary size incl. special tokens (default 4096)")
     train.add_argument("--name", default=None, help="tokenizer name (default <corpus>-<vocab-size>)")
     train.add_argument("--force", action="store_true", help="overwrite an existing tokenizer of that name")
     train.set_defaults(handler=_run_tokenizer_train)
+    examples = {
+        "encode": "Each token is shown in its own colour, then its id; pieces that end inside a UTF-8\n"
+                  "character show their bytes (b'\\xe2').\n\nexamples:\n"
+                  "  glassgpt tokenizer encode --name tinyshakespeare-4096 --text \"To be, or not to be\"\n"
+                  "  echo \"O Romeo, Romeo\" | glassgpt tokenizer encode --run quickstart --text -",
+        "eval": "Bytes per token on the train and val splits: how much text one token carries\n"
+                "(higher is better compression; the model then sees more text per step).\n\nexamples:\n"
+                "  glassgpt tokenizer eval --name tinyshakespeare-4096\n"
+                "  glassgpt tokenizer eval --run quickstart --data \"notes/*.txt\"",
+    }
     for name, help, handler in (("encode", "show how a text is split into tokens", _run_tokenizer_encode),
                                 ("eval", "bytes per token on a corpus's val split", _run_tokenizer_eval)):
-        command = _sub(sub, name, help, help[0].upper() + help[1:] + ".")
+        command = _sub(sub, name, help, help[0].upper() + help[1:] + ".\n" + examples[name])
         source = command.add_mutually_exclusive_group(required=True)
         source.add_argument("--name", help="a trained tokenizer's name")
         source.add_argument("--run", help="use the tokenizer of this run")
@@ -437,17 +468,27 @@ def _run_tokenizer_encode(args) -> int:
     ids = tokenizer.encode(text)
     out = ui.console()
     colours = ["on grey23", "on dark_blue", "on dark_green", "on dark_red", "on purple4"]
-    pieces = Text()
+    # A character can span tokens (é is two bytes, and BPE may cut between them): the coloured
+    # text gives it to the token that completes it; the pieces line shows each token's own bytes.
+    decoder, pieces = codecs.getincrementaldecoder("utf-8")(errors="replace"), Text()
     for i, token_id in enumerate(ids):
-        pieces.append(tokenizer.token_piece(token_id).decode("utf-8", errors="replace"), style=colours[i % len(colours)])
+        pieces.append(decoder.decode(tokenizer.token_piece(token_id)), style=colours[i % len(colours)])
+    pieces.append(decoder.decode(b"", final=True))
     out.print(pieces)
-    out.print("pieces: " + " | ".join(repr(tokenizer.token_piece(i).decode("utf-8", errors="replace")) for i in ids),
-              markup=False)
+    out.print("pieces: " + " | ".join(_show_piece(tokenizer.token_piece(i)) for i in ids), markup=False)
     out.print(f"ids: {ids}")
     n_bytes = len(text.encode("utf-8"))
     out.print(f"{len(ids)} tokens for {n_bytes} bytes ({n_bytes / max(len(ids), 1):.2f} bytes/token); "
               f"round trip exact: {tokenizer.decode(ids) == text}")
     return 0
+
+
+def _show_piece(piece: bytes) -> str:
+    """'llo' for a piece that is whole text, b'\\xc3' for one that ends inside a character."""
+    try:
+        return repr(piece.decode("utf-8"))
+    except UnicodeDecodeError:
+        return repr(piece)
 
 
 def _run_tokenizer_eval(args) -> int:
@@ -482,9 +523,17 @@ def _add_data(commands) -> None:
                   "examples:\n  glassgpt data list\n  glassgpt data download tinyshakespeare\n"
                   "  glassgpt data download fineweb-edu --shards 2")
     sub = parser.add_subparsers(title="subcommands", metavar="<subcommand>")
-    listing = _sub(sub, "list", "registered corpora and what is cached", "Registered corpora and what is cached.")
+    listing = _sub(sub, "list", "registered corpora and what is cached",
+                   "Registered corpora, where each comes from, and what is already in the cache.\n\n"
+                   "examples:\n  glassgpt data list")
     listing.set_defaults(handler=_run_data_list)
-    download = _sub(sub, "download", "download a registered corpus", "Download a registered corpus into the cache.")
+    download = _sub(sub, "download", "download a registered corpus",
+                    "Download a registered corpus into $GLASSGPT_HOME/data: resumable (a .part file is\n"
+                    "continued), checked against its sha256 where one is known, and renamed into place\n"
+                    "only when complete. `glassgpt train` downloads on demand; this fetches ahead of time.\n\n"
+                    "examples:\n  glassgpt data download tinyshakespeare\n"
+                    "  glassgpt data download fineweb-edu --shards 2\n"
+                    "  GLASSGPT_DATA_MIRROR=/mnt/usb/glassgpt-data glassgpt data download tinyshakespeare")
     download.add_argument("name", help="corpus name (see glassgpt data list)")
     download.add_argument("--shards", type=_positive_int, default=1, metavar="N", help="fineweb-edu: train shards to fetch (default 1)")
     download.set_defaults(handler=_run_data_download)
@@ -562,10 +611,10 @@ def _run_bench(args) -> int:
 # -- scale --------------------------------------------------------------------------------------------------
 
 SCALE_DESCRIPTION = """\
-How big is a model, and what does training it cost? The model is built on PyTorch's meta device
-(shapes only, no memory for weights: any depth takes a moment) and analysed:
+How big is a model, and what does training it cost? Counted from the model's config, with no
+weights made (so any depth takes a moment; tests check every count against the real model):
 
-  parameters  per component, grouped from the model's own named_parameters() (one block in
+  parameters  per component, grouped by the model's named_parameters() (one block in
               detail, then all layers, the head, the total), with percentages of the total
   compute     training FLOPs per token (6 x matmul params + attention), forward FLOPs (a third),
               and per step with --batch-tokens
@@ -688,9 +737,16 @@ examples:
 def _add_trace(commands) -> None:
     parser = _sub(commands, "trace", "watch a real training step, tensor by tensor, with explanations",
                   TRACE_DESCRIPTION)
-    parser.add_argument("--run", help="trace a trained run (its newest checkpoint and optimiser state)")
-    parser.add_argument("--depth", type=_positive_int, default=4, metavar="N", help="depth of a fresh model (default 4)")
-    parser.add_argument("--family", default="nanochat", choices=("nanochat", "gpt2"), help="fresh model family")
+    parser.add_argument("--run", help="trace a trained run: its newest checkpoint and optimiser state, continuing its "
+                                      "learning-rate schedule where it stopped")
+    parser.add_argument("--depth", type=_positive_int, default=None, metavar="N", help="depth of a fresh model (default 4)")
+    parser.add_argument("--family", default=None, choices=("nanochat", "gpt2"),
+                        help="family of a fresh model (default nanochat)")
+    parser.add_argument("--n-kv-head", type=_positive_int, default=None, metavar="N",
+                        help="key/value heads of a fresh model (default: one per query head); fewer shows grouped-query "
+                             "attention, 1 multi-query; must divide the query heads")
+    parser.add_argument("--head-dim", type=_positive_int, default=None, metavar="N",
+                        help="target head size of a fresh model (default: nanochat 128, gpt2 64); smaller means more heads")
     parser.add_argument("--seq-len", type=_positive_int, default=None, metavar="N",
                         help="tokens per sequence (default 1024; a run's sequence_len with --run)")
     parser.add_argument("--steps", type=_positive_int, default=3, metavar="N", help="training iterations (default 3)")
@@ -723,9 +779,9 @@ def _run_trace(args) -> int:
                 console.print(f"[cyan]{entry.key:<28}[/] {entry.title}: {entry.meaning}", highlight=False)
         return 0
     started = time.perf_counter()
-    report = run_trace(TraceOptions(run=args.run, depth=args.depth, seq_len=args.seq_len, steps=args.steps,
-                                    blocks=args.blocks, only=args.only, text=args.text, family=args.family,
-                                    seed=args.seed))
+    report = run_trace(TraceOptions(run=args.run, depth=args.depth, family=args.family, n_kv_head=args.n_kv_head,
+                                    head_dim=args.head_dim, seq_len=args.seq_len, steps=args.steps,
+                                    blocks=args.blocks, only=args.only, text=args.text, seed=args.seed))
     sections = walkthrough.build(report, args.only)
     header = (f"{report.source}; {report.config.family} family, {report.config.n_layer} blocks, "
               f"{len(report.token_ids)} tokens; blocks shown in full: {', '.join(map(str, report.traced_blocks))}")

@@ -292,6 +292,11 @@ def canonical_key(key: str) -> str:
     hint = f"; did you mean {', '.join('--' + c for c in close)}?" if close else "; see glassgpt train --help"
     if name == "n_layer":
         hint = "; the number of blocks is --depth"
+    if name in ("lr", "learning_rate"):
+        # nanoGPT has one learning rate; here each parameter group has its own (see optim.py).
+        hint = ("; each parameter group has its own learning rate: --matrix-lr (Muon, block matrices), "
+                "--embedding-lr, --unembedding-lr, --scalar-lr (AdamW, with --optimizer muon), "
+                "--adamw-lr (every parameter, with --optimizer adamw)")
     raise UsageError(f"unknown option --{_dash(name)}{hint}")
 
 

@@ -78,11 +78,15 @@ class Engine:
                 if next_id in stop_ids:
                     return
                 tokens.append(next_id)
-                if cache is None or len(tokens) > config.sequence_len:
-                    tokens = tokens[-(config.sequence_len // 2 if cache else config.sequence_len):]
+                if len(tokens) > config.sequence_len:
+                    # The window is full: keep the most recent half and read it again. Both paths
+                    # cut alike, so the naive one stays a true reference for the cached one.
+                    tokens = tokens[-(config.sequence_len // 2):]
                     if cache is not None:
                         cache.reset()
                     logits = self._forward(tokens, cache)
+                elif cache is None:
+                    logits = self._forward(tokens, None)
                 else:
                     logits = self._forward([next_id], cache)
         finally:

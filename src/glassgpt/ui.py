@@ -64,7 +64,7 @@ class TrainingProgress:
                 console=self.out, transient=False,
             )
             self._task = self._progress.add_task("train", total=total_steps, completed=start_step, loss="—", speed="—")
-        self._last_line = time.perf_counter()
+        self._start_step, self._started = start_step, time.perf_counter()
 
     def __enter__(self) -> "TrainingProgress":
         if self._progress:
@@ -79,7 +79,15 @@ class TrainingProgress:
         if self._progress:
             self._progress.update(self._task, completed=step, loss=f"{loss:.4f}", speed=f"{tokens_per_sec:,.0f}")
         elif step % self.log_every == 0 or step == self.total:
-            self.out.print(f"step {step:>6}/{self.total} | loss {loss:.4f} | {tokens_per_sec:,.0f} tok/s{extra}")
+            self.out.print(f"step {step:>6}/{self.total} | loss {loss:.4f} | {tokens_per_sec:,.0f} tok/s"
+                           f" | eta {format_duration(self.eta(step))}{extra}")
+
+    def eta(self, step: int) -> float:
+        """Seconds left at the pace of this session so far (evaluations included, like the bar's)."""
+        done = step - self._start_step
+        if done <= 0:
+            return 0.0
+        return (self.total - step) * (time.perf_counter() - self._started) / done
 
     def print(self, *args, **kwargs) -> None:
         self.out.print(*args, **kwargs)

@@ -133,6 +133,31 @@ def split_point(n_chars: int) -> int:
     return int(n_chars * TRAIN_FRACTION)
 
 
+# Below this many documents, whole documents make a lopsided split (2 files would give 50/50).
+MIN_DOCUMENTS_FOR_A_DOCUMENT_SPLIT = 10
+
+
+def split_documents(docs: list[str]) -> tuple[list[str], list[str]]:
+    """(train, val): the last 10% of the documents are val, whole, so no document is on both
+    sides. With few documents the text is cut at 90% of its characters instead, as for a single
+    file (the document the cut falls in is split there)."""
+    if len(docs) >= MIN_DOCUMENTS_FOR_A_DOCUMENT_SPLIT:
+        n_val = round(len(docs) * (1 - TRAIN_FRACTION))
+        return docs[:-n_val], docs[-n_val:]
+    cut = split_point(sum(len(d) for d in docs))
+    train, val, seen = [], [], 0
+    for doc in docs:
+        if seen + len(doc) <= cut:
+            train.append(doc)
+        elif seen >= cut:
+            val.append(doc)
+        else:
+            train.append(doc[:cut - seen])
+            val.append(doc[cut - seen:])
+        seen += len(doc)
+    return [d for d in train if d], [d for d in val if d]
+
+
 def _tinyshakespeare() -> Corpus:
     cache: dict[str, str] = {}
 
@@ -190,12 +215,8 @@ def _user_corpus(files: list[Path], label: str) -> Corpus:
         return documents
 
     def part(train: bool) -> Iterator[str]:
-        docs = load()
-        if len(docs) == 1:
-            cut = split_point(len(docs[0]))
-            return iter([docs[0][:cut] if train else docs[0][cut:]])
-        n_val = max(1, round(len(docs) * (1 - TRAIN_FRACTION)))
-        return iter(docs[:-n_val] if train else docs[-n_val:])
+        train_docs, val_docs = split_documents(load())
+        return iter(train_docs if train else val_docs)
 
     slug = "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in label)[:40] or "data"
     return Corpus(

@@ -80,7 +80,8 @@ class GPTConfig:
     """Start attention/MLP output projections (and an untied head) at zero: each block begins as
     the identity, and the first logits are uniform."""
     family: str = "nanochat"
-    """Which preset the defaults came from (nanochat | gpt2); informational once built."""
+    """Which preset the defaults came from (nanochat | gpt2); it also picks the weight
+    initialisation scheme (see GPT.init_weights)."""
 
     # ----------------------------------------------------------------------------------------
     @property

@@ -283,7 +283,8 @@ class GPT(nn.Module):
     def init_weights(self, seed: int | None = None) -> None:
         """Initialise every tensor. With family "nanochat" (fan-in scaled):
 
-        - wte.weight: normal(0, 1) — the embedding norm rescales it anyway; normal(0, 0.02)
+        - wte.weight: normal(0, 1), so each looked-up row has unit RMS, as a normalised stream
+          would (with the embedding norm on, its scale does not matter at all); normal(0, 0.02)
           when tied, because the same matrix then produces the logits.
         - wpe.weight (learned positions only): same std as wte.
         - c_q, c_k, c_v, c_fc weights: normal(0, s), s = min(1, sqrt(fan_out/fan_in)) / sqrt(fan_in),

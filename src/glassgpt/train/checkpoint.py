@@ -49,13 +49,19 @@ def latest(run_dir: Path) -> Path | None:
 def save(run_dir: Path, step: int, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
          state: dict, keep: int) -> Path:
     folder = checkpoints_dir(run_dir) / f"step-{step:06d}"
-    with atomic.atomic_dir(folder) as tmp:
-        weights = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
-        save_file(weights, tmp / "model.safetensors", metadata={"step": str(step)})
-        torch.save({"optimizers": [o.state_dict() for o in optimizers]}, tmp / "optimizer.pt")
-        state = dict(state, step=step, rng=_rng_state(), files={
-            name: _sha256(tmp / name) for name in ("model.safetensors", "optimizer.pt")})
-        (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    try:
+        with atomic.atomic_dir(folder) as tmp:
+            weights = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
+            save_file(weights, tmp / "model.safetensors", metadata={"step": str(step)})
+            torch.save({"optimizers": [o.state_dict() for o in optimizers]}, tmp / "optimizer.pt")
+            state = dict(state, step=step, rng=rng_state(), files={
+                name: _sha256(tmp / name) for name in ("model.safetensors", "optimizer.pt")})
+            (tmp / "state.json").write_text(json.dumps(state, indent=2))
+    except (OSError, SafetensorError, RuntimeError) as error:
+        # The temp folder is gone (atomic_dir removed it); earlier checkpoints are untouched.
+        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+        raise GlassError(f"cannot write checkpoint {folder}: {reason} (is the disk full?); "
+                         "earlier checkpoints are kept") from None
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return folder
@@ -110,20 +116,34 @@ def load_optimizers(folder: Path, optimizers: list[torch.optim.Optimizer]) -> No
         raise GlassError(f"cannot restore the optimiser from {folder / 'optimizer.pt'} ({error})") from None
 
 
-def restore_rng(state: dict) -> None:
-    rng = state.get("rng", {})
+def restore_rng(state: dict, rank: int = 0) -> None:
+    """Put back the random state this rank had when the checkpoint was saved."""
+    by_rank = state.get("rng_by_rank")
+    rng = by_rank[rank] if by_rank and rank < len(by_rank) else state.get("rng", {})
     if "torch" in rng:
-        torch.set_rng_state(torch.frombuffer(bytearray(base64.b64decode(rng["torch"])), dtype=torch.uint8))
+        torch.set_rng_state(_tensor_of(rng["torch"]))
     if "cuda" in rng and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all([
-            torch.frombuffer(bytearray(base64.b64decode(s)), dtype=torch.uint8) for s in rng["cuda"]])
+        torch.cuda.set_rng_state_all([_tensor_of(s) for s in rng["cuda"]])
+    if "mps" in rng and torch.backends.mps.is_available():
+        torch.mps.set_rng_state(_tensor_of(rng["mps"]))
 
 
-def _rng_state() -> dict:
-    state = {"torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+def rng_state() -> dict:
+    """This process's random state (CPU, and each GPU's), as JSON-ready text."""
+    state = {"torch": _text_of(torch.get_rng_state())}
     if torch.cuda.is_available():
-        state["cuda"] = [base64.b64encode(s.numpy().tobytes()).decode() for s in torch.cuda.get_rng_state_all()]
+        state["cuda"] = [_text_of(s) for s in torch.cuda.get_rng_state_all()]
+    if torch.backends.mps.is_available():
+        state["mps"] = _text_of(torch.mps.get_rng_state())
     return state
+
+
+def _text_of(tensor: torch.Tensor) -> str:
+    return base64.b64encode(tensor.numpy().tobytes()).decode()
+
+
+def _tensor_of(text: str) -> torch.Tensor:
+    return torch.frombuffer(bytearray(base64.b64decode(text)), dtype=torch.uint8)
 
 
 def _sha256(path: Path) -> str:

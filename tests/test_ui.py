@@ -1,0 +1,31 @@
+"""The progress display: what a log (not a terminal) shows of a training run."""
+
+from __future__ import annotations
+
+import io
+
+from rich.console import Console
+
+from glassgpt import ui
+
+
+def test_log_lines_show_loss_speed_and_an_eta_from_the_pace_so_far(monkeypatch):
+    clock = iter([100.0, 110.0])  # constructed at t=100; step 10 logged at t=110
+    monkeypatch.setattr(ui.time, "perf_counter", lambda: next(clock))
+    buffer = io.StringIO()
+    progress = ui.TrainingProgress(total_steps=50, start_step=0, log_every=10,
+                                   out=Console(file=buffer, force_terminal=False, width=200))
+    progress.update(5, 6.0, 1000.0)  # not a multiple of log_every: no line
+    progress.update(10, 5.4321, 2345.0)
+    assert buffer.getvalue() == "step     10/50 | loss 5.4321 | 2,345 tok/s | eta 40s\n"  # 40 steps at 1 s each
+
+
+def test_eta_counts_only_the_steps_of_this_session():
+    progress = ui.TrainingProgress(total_steps=300, start_step=200, log_every=10,
+                                   out=Console(file=io.StringIO(), force_terminal=False))
+    assert progress.eta(200) == 0.0  # nothing done yet in this session: no guess
+    assert progress.eta(250) >= 0.0
+
+
+def test_durations_read_like_a_clock():
+    assert [ui.format_duration(s) for s in (5, 65, 3725)] == ["5s", "1m05s", "1h02m"]
