@@ -19,6 +19,8 @@ import dataclasses
 import json
 import math
 import os
+import re
+import shutil
 import signal
 import threading
 import time
@@ -58,14 +60,25 @@ class TrainResult:
 # -- configuration of a new or resumed run -------------------------------------------------------
 
 
-def resumed_config(run: str, flags: dict) -> TrainConfig:
-    """The saved config of `run`, with the flags that may change on resume applied."""
+def resumed_config(run: str, flags: dict, implied: dict | None = None, implied_by: str = "") -> TrainConfig:
+    """The saved config of `run`, with the flags that may change on resume applied.
+
+    `implied` holds what a --preset or --config given alongside --resume would set: it is only
+    checked (a preset that disagrees with the run is an error), never applied, so that the
+    saved run, not the preset, decides everything from its step count to its architecture.
+    """
     from glassgpt.config import apply, canonical_key
 
     run_dir = paths.run_dir(run)
     saved = read_run_config(run_dir)
     config = TrainConfig(**{k: v for k, v in saved["train"].items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
     changed = apply(config, flags)
+    resolved = saved.get("runtime", {})
+    if (changed.dtype == "auto" and resolved.get("dtype")
+            and devices.resolve_device(changed.device).type == resolved.get("device")):
+        # Keep the number format the run trained with: re-measuring could pick the other one on a
+        # busy machine, and the continuation would then no longer be exact.
+        changed = dataclasses.replace(changed, dtype=resolved["dtype"])
     for key in flags:
         name = canonical_key(key)
         if name == "run":
@@ -77,6 +90,20 @@ def resumed_config(run: str, flags: dict) -> TrainConfig:
                 f"--{name.replace('_', '-')} differs from the run's saved config ({before!r} → {after!r}); "
                 f"--resume continues the run as it was: drop the flag, or start a new --run"
             )
+    if implied:
+        would_be = apply(apply(config, implied), flags)  # flags given with --resume win, as they would have
+        given = {canonical_key(key) for key in flags}
+        for key in implied:
+            name = canonical_key(key) if key != "model" else None
+            for field_name in ([name] if name else [canonical_key(k) for k in implied["model"]]):
+                if field_name in RESUME_OVERRIDABLE or field_name in given or field_name == "run":
+                    continue
+                before = getattr(config, field_name, config.model.get(field_name))
+                after = getattr(would_be, field_name, would_be.model.get(field_name))
+                if before != after:
+                    raise UsageError(
+                        f"{implied_by} sets --{field_name.replace('_', '-')} {after!r}, but run {run!r} was trained "
+                        f"with {before!r}; --resume continues the saved config: drop {implied_by.split()[0]}")
     return changed.validate()
 
 
@@ -186,13 +213,33 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     runtime = devices.setup(config.device, config.dtype)
     say = out.print if runtime.is_main else (lambda *a, **k: None)
     run_dir = paths.run_dir(config.run)
-    if not resume and (run_dir / "config.json").exists():
-        raise UsageError(f"run {config.run!r} already exists in {run_dir.parent}; add --resume to continue it, "
-                         "or choose another --run")
-    if resume and checkpoint.latest(run_dir) is None:
-        raise GlassError(f"run {config.run!r} has no checkpoint to resume from; train it without --resume")
-    check_writable(run_dir)
+    try:
+        if not resume and (run_dir / "config.json").exists():
+            if checkpoint.latest(run_dir) is not None:
+                raise UsageError(f"run {config.run!r} already exists in {run_dir.parent}; add --resume to continue "
+                                 "it, or choose another --run")
+            _barrier(runtime)  # every rank has looked before rank 0 clears the folder
+            if runtime.is_main:  # an attempt that stopped before its first checkpoint holds nothing to keep
+                say(f"[yellow]note[/]: run {config.run!r} has no checkpoint (an earlier attempt stopped before "
+                    "saving one); starting it afresh")
+                shutil.rmtree(run_dir)
+        if resume and checkpoint.latest(run_dir) is None:
+            raise GlassError(f"run {config.run!r} has no checkpoint to resume from; train it without --resume")
+        check_writable(run_dir)
+        try:
+            return _train(config, resume, runtime, run_dir, say)
+        except BaseException:
+            # A new run that fails (or is stopped hard) before its first checkpoint leaves no folder
+            # behind: nothing in it could be resumed, and its name stays free for the next attempt.
+            if not resume and runtime.is_main and checkpoint.latest(run_dir) is None:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+    finally:
+        devices.teardown(runtime)
 
+
+def _train(config: TrainConfig, resume: bool, runtime: devices.Runtime, run_dir: Path, say) -> TrainResult:
+    """The run itself, once `train` has settled that the run folder may be written."""
     tokens_per_pass = config.device_batch_size * config.seq_len * runtime.world_size
     grad_accum_steps = grad_accumulation_steps(config.total_batch_size, tokens_per_pass)  # fail before any work
     corpus, tokenizer, data = prepare_data(config, runtime, say)
@@ -210,7 +257,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         checkpoint.load_weights(folder, model)
         checkpoint.load_optimizers(folder, optimizers)
         loader.load_state_dict(state["loader"])
-        checkpoint.restore_rng(state)
+        checkpoint.restore_rng(state, runtime.rank)
         start_step, train_seconds, last_bpb = state["step"], state.get("train_seconds", 0.0), state.get("val_bpb")
         if state.get("world_size", 1) != runtime.world_size:
             say(f"[yellow]note[/]: the run was trained on {state.get('world_size', 1)} process(es), now "
@@ -223,7 +270,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
 
     n_params = sum(p.numel() for p in model.parameters())
     if runtime.is_main:
-        _write_run_files(run_dir, config, model_config, tokenizer, corpus, data, resume, start_step)
+        _write_run_files(run_dir, config, model_config, tokenizer, corpus, data, resume, start_step, runtime)
         say(f"model: {model_config.family} family, depth {model_config.n_layer}, width {model_config.n_embd}, "
             f"{model_config.n_head} heads ({model_config.n_kv_head} kv) of {model_config.head_dim}, "
             f"{n_params:,} parameters")
@@ -261,17 +308,18 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         samples = [(prompt, complete(engine, tokenizer, prompt, config.sample_tokens, temperature=0.8,
                                      top_k=50, seed=config.seed + i))
                    for i, prompt in enumerate(corpus.sample_prompts)]
-        with open(run_dir / "samples.txt", "a", encoding="utf-8") as file:
-            file.write(f"=== step {step} ===\n")
-            for prompt, text in samples:
-                file.write(f"{prompt}{text}\n---\n")
+        _append_text(run_dir / "samples.txt", f"=== step {step} ===\n" +
+                     "".join(f"{prompt}{text}\n---\n" for prompt, text in samples))
         return samples
 
     def save(step: int) -> None:
+        # Every rank draws its own dropout masks, so every rank's random state is saved.
+        rng_by_rank = _gather(checkpoint.rng_state(), runtime)
         if runtime.is_main:
             checkpoint.save(run_dir, step, model, optimizers, {
                 "loader": loader.state_dict(), "train_seconds": train_seconds, "val_bpb": last_bpb,
-                "world_size": runtime.world_size}, keep=config.keep_checkpoints)
+                "world_size": runtime.world_size,
+                **({"rng_by_rank": rng_by_rank} if runtime.distributed else {})}, keep=config.keep_checkpoints)
         _barrier(runtime)
 
     step, interrupted = start_step, False
@@ -333,7 +381,6 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         else:
             say(f"[bold green]done[/]: {step} steps in {ui.format_duration(train_seconds)} of training; "
                 f"val bits/byte [bold]{last_bpb:.4f}[/]; run saved in {run_dir}")
-    devices.teardown(runtime)
     return TrainResult(run_dir, step, last_bpb, interrupted, train_seconds)
 
 
@@ -374,6 +421,17 @@ def grad_accumulation_steps(total_batch_size: int, tokens_per_pass: int) -> int:
     return total_batch_size // tokens_per_pass
 
 
+def _gather(value, runtime: devices.Runtime) -> list:
+    """`value` from every rank, in rank order (on every rank)."""
+    if not runtime.distributed:
+        return [value]
+    import torch.distributed as dist
+
+    values = [None] * runtime.world_size
+    dist.all_gather_object(values, value)
+    return values
+
+
 def _agree(flag: bool, runtime: devices.Runtime) -> bool:
     """All ranks stop together if any rank was asked to stop."""
     if not runtime.distributed:
@@ -385,7 +443,7 @@ def _agree(flag: bool, runtime: devices.Runtime) -> bool:
     return bool(tensor.item())
 
 
-def _write_run_files(run_dir, config, model_config, tokenizer, corpus, data, resume, start_step) -> None:
+def _write_run_files(run_dir, config, model_config, tokenizer, corpus, data, resume, start_step, runtime) -> None:
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic.write_text(run_dir / "config.json", json.dumps({
         "train": config.to_dict(), "model": model_config.to_dict(),
@@ -393,6 +451,9 @@ def _write_run_files(run_dir, config, model_config, tokenizer, corpus, data, res
                       "fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size},
         "data": {"corpus": corpus.key, **{k: data.meta[k] for k in ("train_tokens", "val_tokens", "train_bytes", "val_bytes")}},
         "model_file_sha256": _sha256_of(config.model_file) if config.model_file else None,
+        # What --device/--dtype auto resolved to: a resumed run keeps it (see resumed_config).
+        "runtime": {"device": runtime.device.type, "dtype": runtime.dtype, "dtype_reason": runtime.dtype_reason,
+                    "world_size": runtime.world_size},
         "glassgpt": __version__, "torch": torch.__version__,
     }, indent=2))
     tokenizer.save(run_dir / "tokenizer.json")
@@ -400,9 +461,18 @@ def _write_run_files(run_dir, config, model_config, tokenizer, corpus, data, res
     if resume and metrics.exists():  # drop what was logged after the checkpoint we resume from
         kept = [line for line in metrics.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
         atomic.write_text(metrics, "".join(line + "\n" for line in kept))
+        samples = run_dir / "samples.txt"
+        if samples.exists():
+            atomic.write_text(samples, samples_up_to(samples.read_text(encoding="utf-8"), start_step))
     elif not resume:
         metrics.unlink(missing_ok=True)
         (run_dir / "samples.txt").unlink(missing_ok=True)
+
+
+def samples_up_to(text: str, step: int) -> str:
+    """samples.txt without the evaluations after `step` (a resumed run writes them again)."""
+    sections = re.split(r"(?m)^(?==== step \d+ ===$)", text)
+    return "".join(s for s in sections if s and int(re.match(r"=== step (\d+) ===", s).group(1)) <= step)
 
 
 def _sha256_of(path: str) -> str:
@@ -412,8 +482,16 @@ def _sha256_of(path: str) -> str:
 
 
 def _append_metrics(path: Path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as file:
-        file.write(json.dumps(record) + "\n")
+    _append_text(path, json.dumps(record) + "\n")
+
+
+def _append_text(path: Path, text: str) -> None:
+    """Append whole records (a metrics line, one evaluation's samples): a reader never sees half."""
+    try:
+        with open(path, "a", encoding="utf-8") as file:
+            file.write(text)
+    except OSError as error:
+        raise GlassError(f"cannot write {path}: {error.strerror or error} (is the disk full?)") from None
 
 
 def _one_line(text: str) -> str:
