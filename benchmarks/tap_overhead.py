@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 
 import glassgpt.model.gpt as reference
-from glassgpt.device import tune_allocator
+from glassgpt.allocator import tune_allocator
 from glassgpt.model.config import GPTConfig
 from glassgpt.train.optim import OptimizerSettings, build_optimizers
 

@@ -56,6 +56,26 @@ def test_patterns_are_the_models_causal_softmax_rows():
     assert not model.training
 
 
+def test_the_entropy_table_of_many_heads_fits_80_columns_with_no_number_cut():
+    from rich.console import Console
+
+    from glassgpt.see.attention import AttentionMaps, entropy_table
+
+    torch.manual_seed(0)
+    L, H, T = 3, 12, 9
+    scores = torch.randn(L, H, T, T).masked_fill(~torch.tril(torch.ones(T, T, dtype=torch.bool)), float("-inf"))
+    patterns = scores.softmax(-1)
+    maps = AttentionMaps("a test", list(range(T)), [str(t) for t in range(T)], patterns, attention_entropy(patterns),
+                         uniform_entropy(T, T, True).float())
+    console = Console(width=80, color_system=None, soft_wrap=True)
+    with console.capture() as captured:
+        console.print(entropy_table(maps, console.width))
+    table = [line for line in captured.get().splitlines() if line[:1] in "┏┃┡│└"]
+    assert "…" not in captured.get() and max(map(len, table)) <= 80
+    assert any(line.startswith("┃ layer") and "uniform" in line for line in table)  # turned: heads are rows
+    assert sum(line.startswith("│ head ") for line in table) == H
+
+
 def test_fresh_model_writes_both_pngs_and_prints_the_entropy_table(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     assert main(["attention", "--depth", "1", "--text", "ROMEO: Is the day so young?"]) == 0

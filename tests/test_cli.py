@@ -47,6 +47,7 @@ def test_train_help_lists_every_config_field(capsys):
     (["train", "--max-steps", "5"], "needs --run NAME"),
     (["bogus"], "invalid choice: 'bogus'"),
     (["bench", "--what", "everything"], "--what takes matmul, train, decode"),
+    (["bench", "--dtype", "fp16"], "--dtype takes auto, or a comma list of fp32, bf16"),
 ])
 def test_usage_mistakes_are_one_line_and_exit_2(args, fragment):
     result = run_cli(*args)
@@ -111,6 +112,17 @@ def test_bench_reports_throughput_mfu_and_decode_speed(tmp_path, capsys):
     results = json.loads(out_file.read_text())
     assert results["train"]["fp32"]["tokens_per_sec"] > 0 and results["matmul_gflops"]["fp32"] > 0
     assert set(results["decode"]) == {"kv_cache", "no_cache"}
+
+
+@pytest.mark.parametrize("native, expected", [(False, {"fp32"}), (True, {"fp32", "bf16"})])
+def test_bench_times_bf16_by_default_only_where_training_would_use_it(tmp_path, monkeypatch, native, expected):
+    from glassgpt import device
+
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(device, "cpu_matmul_speeds", lambda: (100.0, 250.0))  # as on a CPU with AVX512-BF16
+    out_file = tmp_path / "bench.json"
+    assert main(["bench", "--what", "matmul", "--device", "cpu", "--json", str(out_file)]) == 0
+    assert set(json.loads(out_file.read_text())["matmul_gflops"]) == expected
 
 
 def test_version():

@@ -16,11 +16,15 @@ What a page can say to this test (and to its reader):
   a setup step for the test only, e.g. standing in for the reader's finished exercise. The source
   path is relative to the repository.
 
-Four adaptations keep CI fast and hermetic, and are the only ones: training commands run with
---max-steps capped at MAX_STEPS and `glassgpt bench` times one step and a few tokens (we check
-that the documented command works, not how long it trains or how fast it is); `~/.cache/glassgpt`
-in a command means the test's own cache root; and the README's setup lines (venv, pip) are run by
-.ci/run itself, so here only their `glassgpt` part runs.
+These adaptations keep CI fast and hermetic, and are the only ones: training commands run with
+--max-steps capped at MAX_STEPS and `glassgpt bench` times one small step and a few tokens (we
+check that the documented command works, not how long it trains or how fast it is); each page's
+cache root starts with tinyshakespeare, its default tokenizer and their token shards already in
+it (the download and tokenizer code have their own tests); `~/.cache/glassgpt` in a command means
+that cache root; `glassgpt` commands run in this process through `glassgpt.cli.main`, the function
+the console script calls, which saves a Python and PyTorch start-up per command (torchrun and
+the benchmark scripts still run as processes of their own); and the README's setup lines (venv,
+pip) are run by .ci/run itself, so here only their `glassgpt` part runs.
 """
 
 from __future__ import annotations
@@ -79,7 +83,7 @@ def commands_in(path: Path) -> list[Command]:
     return commands
 
 
-BENCH_CAPS = {"--steps": "1", "--decode-tokens": "8"}
+BENCH_CAPS = {"--steps": "1", "--decode-tokens": "8", "--seq-len": "64", "--batch-size": "2"}
 
 
 def capped(argv: list[str]) -> list[str]:
@@ -118,6 +122,39 @@ def to_process(command: str, env: dict) -> tuple[list[str], dict]:
     return [sys.executable, str(REPO / script), *rest], env
 
 
+def run_in_process(argv: list[str], env: dict, cwd: Path, monkeypatch, capsys) -> tuple[int, str, str]:
+    """`python -m glassgpt ARGS` as this process: (exit code, stdout, stderr)."""
+    from glassgpt.cli import main
+
+    capsys.readouterr()
+    with monkeypatch.context() as patch:
+        for name, value in env.items():
+            if os.environ.get(name) != value:
+                patch.setenv(name, value)
+        patch.chdir(cwd)
+        try:
+            code = main(argv)
+        except SystemExit as exit_:  # --help
+            code = exit_.code if isinstance(exit_.code, int) else 0
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+@pytest.fixture(scope="session")
+def warm_cache(tmp_path_factory) -> Path:
+    """A cache root holding tinyshakespeare, its default tokenizer and its token shards."""
+    import subprocess as sp
+
+    home = tmp_path_factory.mktemp("docs-cache") / "home"
+    env = {**os.environ, "GLASSGPT_HOME": str(home), "NO_COLOR": "1"}
+    script = ("from glassgpt.data import sources, shards; from glassgpt.train.loop import prepare_tokenizer; "
+              "from glassgpt.config import TrainConfig; c = sources.resolve('tinyshakespeare'); c.prepare(); "
+              "shards.load_or_build(c, prepare_tokenizer(TrainConfig(), c, lambda *a: None))")
+    result = sp.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    return home
+
+
 def run_setup(directive: str, cwd: Path) -> None:
     verb, *args = shlex.split(directive)
     assert verb == "cp" and len(args) == 2, f"unknown doc-test directive: {directive}"
@@ -142,7 +179,7 @@ def test_the_harness_reads_exit_codes_reasons_and_setup(tmp_path):
     assert [(c.text.split()[0], c.expected_exit, c.setup) for c in commands] == [
         ("cp", 0, True), ("glassgpt", 1, False), ("FOO=1", 0, False)]
     argv, env = to_process(commands[2].text, {"GLASSGPT_HOME": "/h"})
-    assert argv[1:] == ["-m", "glassgpt", "bench", "--what", "matmul", "--steps", "1", "--decode-tokens", "8"]
+    assert argv[1:] == ["-m", "glassgpt", "bench", "--what", "matmul", *(x for kv in BENCH_CAPS.items() for x in kv)]
     assert env["FOO"] == "1"
     assert capped(["glassgpt", "train", "--run", "x"])[-2:] == ["--max-steps", str(MAX_STEPS)]
     assert capped(["glassgpt", "sample", "--run", "x"]) == ["glassgpt", "sample", "--run", "x"]
@@ -150,7 +187,8 @@ def test_the_harness_reads_exit_codes_reasons_and_setup(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: str(p.relative_to(REPO)))
-def test_documented_commands_run(path, tmp_path):
+def test_documented_commands_run(path, tmp_path, warm_cache, monkeypatch, capsys):
+    shutil.copytree(warm_cache, tmp_path / "home")
     env = {**os.environ, "GLASSGPT_HOME": str(tmp_path / "home"), "NO_COLOR": "1"}
     for command in commands_in(path):
         if command.setup:
@@ -162,7 +200,11 @@ def test_documented_commands_run(path, tmp_path):
                 env[name] = os.path.expandvars(value.strip("'\""))
             continue
         argv, command_env = to_process(command.text, env)
-        result = subprocess.run(argv, capture_output=True, text=True, env=command_env, cwd=tmp_path, timeout=600)
-        assert result.returncode == command.expected_exit, (
-            f"{path.name}: `{command.text}` exited {result.returncode}, expected {command.expected_exit}:\n"
-            f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+        if argv[1:3] == ["-m", "glassgpt"]:
+            code, out, err = run_in_process(argv[3:], command_env, tmp_path, monkeypatch, capsys)
+        else:
+            result = subprocess.run(argv, capture_output=True, text=True, env=command_env, cwd=tmp_path, timeout=600)
+            code, out, err = result.returncode, result.stdout, result.stderr
+        assert code == command.expected_exit, (
+            f"{path.name}: `{command.text}` exited {code}, expected {command.expected_exit}:\n"
+            f"{out[-2000:]}\n{err[-2000:]}")

@@ -1,5 +1,6 @@
-"""`glassgpt scale`: counts that are the model's own (never a second formula), FLOPs, training
-memory, a lean start-up, and one-line errors for bad input."""
+"""`glassgpt scale`: counts that are the model's own (read off the model built on the meta device,
+checked against the materialised model for every switch), FLOPs, training memory, no heavy imports
+on its path, and one-line errors for bad input."""
 
 from __future__ import annotations
 
@@ -21,7 +22,19 @@ from glassgpt.train.optim import Muon, OptimizerSettings, build_optimizers
 
 
 def counted(config: GPTConfig) -> scaling.ParameterCounts:
-    return scaling.count_parameters(scaling.meta_model(config))
+    return scaling.count_parameters(config)
+
+
+def meta_model(config: GPTConfig) -> GPT:
+    """The model with every parameter on the meta device: real names and shapes, no values."""
+    return GPT.build(config, "meta")
+
+
+def matmul_params_of(model: GPT) -> int:
+    """The 2-D weights used in a matmul, read off a built model: all but the embedding lookups,
+    plus the head (the embedding matrix again when tied)."""
+    count = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and n not in ("wte.weight", "wpe.weight"))
+    return count + (model.wte.weight.numel() if model.lm_head is None else 0)
 
 
 @pytest.mark.parametrize("depth, total", [(20, 560_988_160), (4, 36_700_160)])
@@ -48,19 +61,26 @@ def _configs():
         yield tiny_config("nanochat", **overrides)
 
 
-def test_grouped_counts_equal_the_parameters_of_a_real_model_for_every_switch():
+def test_the_counts_are_the_materialised_models_own_for_every_switch():
     for config in _configs():
-        real = GPT.build(config)
-        expected = sum(p.numel() for p in real.parameters())
-        counts = counted(config)
+        model = GPT.build(config)  # real tensors on the CPU, not the meta device the counts use
         label = f"{config}"
-        assert counts.total == expected, label
-        assert sum(g.count for g in counts.groups) == expected, label
-        assert scaling.count_parameters(real).total == expected, label  # the same code on real weights
+        named = [(n, tuple(p.shape)) for n, p in model.named_parameters()]
+        assert scaling.parameter_shapes(config) == named, label  # same names, same order, same shapes
+        expected = sum(p.numel() for p in model.parameters())
+        counts = counted(config)
+        assert counts.total == expected == sum(g.count for g in counts.groups), label
+        assert scaling.group_parameters(named, config.n_layer, model.lm_head is None).total == expected, label
         assert counts.layers_total == config.n_layer * counts.layer_total, label
         assert counts.tied == config.tie_embeddings, label
-        assert scaling.matmul_params(scaling.meta_model(config)) == scaling.matmul_params(real), label
+        assert scaling.matmul_params(config) == matmul_params_of(model), label
         assert round(sum(g.percent for g in counts.groups), 6) == 100.0, label
+
+
+def test_the_meta_model_counts_what_the_materialised_model_holds():
+    for config in (tiny_config("nanochat"), tiny_config("gpt2", n_kv_head=2, position="rope", qk_norm=True)):
+        real, meta = GPT.build(config), meta_model(config)
+        assert [(n, p.shape) for n, p in real.named_parameters()] == [(n, p.shape) for n, p in meta.named_parameters()]
 
 
 def test_tied_head_is_counted_once_and_shown_as_zero_extra():
@@ -108,7 +128,7 @@ def test_optimizer_split_is_the_one_training_uses(config):
     optimizers = build_optimizers(model, OptimizerSettings(kind, 0.02, 0.2, 0.004, 0.5, 1e-3, 0.0, 0.8, 0.95))
     muon = sum(p.numel() for o in optimizers if isinstance(o, Muon) for g in o.param_groups for p in g["params"])
     adamw = sum(p.numel() for o in optimizers if not isinstance(o, Muon) for g in o.param_groups for p in g["params"])
-    split = scaling.optimizer_split(scaling.meta_model(config))
+    split = scaling.optimizer_split(config)
     assert (split.kind, split.muon_params, split.adamw_params) == (kind, muon, adamw)
 
 
@@ -154,6 +174,19 @@ def test_scale_prints_the_total_with_thousands_separators():
     for fragment in ("attn.c_q.weight", "mlp.c_fc.weight", "lm_head.weight", "100.00", "6 x N_matmul",
                      "bf16 mixed", "master weights", "rough formula"):
         assert fragment in result.stdout, fragment
+
+
+@pytest.mark.parametrize("width", [50, 80, 140])
+def test_no_number_or_name_is_cut_at_any_width(width):
+    import io
+
+    from rich.console import Console
+
+    out = Console(file=io.StringIO(), width=width, color_system=None, soft_wrap=True)
+    scaling.render(scaling.analyse(GPTConfig.from_depth(20, 65536, sequence_len=2048)), out)
+    text = out.file.getvalue().replace("blocks.0 … blocks.19, each:", "")
+    assert "…" not in text
+    assert "560,988,160" in text and "attn.c_proj.weight" in text and "11.44 GiB" in text
 
 
 def test_scale_json_holds_every_number(tmp_path, capsys):

@@ -8,7 +8,8 @@ Why `--family gpt2`: the head-selector test needs at least two heads. At `--dept
 family is 128 wide with head_dim 128, so it has ONE head; the gpt2 family uses head_dim 64, so the
 same depth gives two heads of 64 (and `--seq-len 24` keeps the run to a few seconds). At 24 > 16
 positions the walk-through has no mask grid, so the page's mask view is the one derived from the
-attention pattern; the plain test below covers the grid of a short sequence.
+attention pattern; the plain test below covers the grid of a short sequence. With `--blocks 0`,
+block 1 is summarised in the walk-through, and its heatmap must still be on the page.
 """
 
 from __future__ import annotations
@@ -105,12 +106,13 @@ def test_trace_html_in_a_real_browser(tmp_path):
     sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
 
     out = tmp_path / "trace.html"
-    # --family gpt2: two heads at depth 2 (nanochat's head_dim 128 would give one head of 128)
-    assert main(["trace", "--seq-len", "24", "--depth", "2", "--family", "gpt2", "--blocks", "all",
+    # --family gpt2: two heads at depth 2 (nanochat's head_dim 128 would give one head of 128);
+    # --blocks 0: block 1 is only summarised in the walk-through, but still gets its heatmap
+    assert main(["trace", "--seq-len", "24", "--depth", "2", "--family", "gpt2", "--blocks", "0",
                  "--no-color", "--html", str(out)]) == 0
     text = out.read_text(encoding="utf-8")
     section_ids = re.findall(r'<section id="([^"]+)">', text)
-    assert {"tokens", "block-0-attention", "block-1-attention", "gradients", "iterations"} <= set(section_ids)
+    assert {"tokens", "block-0-attention", "other-blocks", "gradients", "iterations"} <= set(section_ids)
 
     errors, requests = [], []
     with sync_api.sync_playwright() as playwright:
@@ -149,6 +151,9 @@ def test_trace_html_in_a_real_browser(tmp_path):
             page.mouse.move(box["x"] + box["width"] - 10, box["y"] + box["height"] - 10)
             assert "query 23" in page.locator("#readout-0").text_content()
             assert page.locator("#legend-0 svg").count() == 1
+
+            # the summarised block's heatmap, in the summary section, drawn too
+            assert page.locator("section#other-blocks #heatmap-1 svg rect").count() >= 24 * 24
 
             # the gradient-flow chart and the mask view
             assert page.locator("#gradient-flow svg").count() >= 2

@@ -15,13 +15,13 @@ import time
 import torch
 
 from glassgpt import atomic, ui
-from glassgpt.device import measure_matmul, resolve_device, synchronize
+from glassgpt.config import TrainConfig
+from glassgpt.device import measure_matmul, resolve_device, resolve_dtype, synchronize
 from glassgpt.engine import Engine
 from glassgpt.errors import UsageError
 from glassgpt.model.config import GPTConfig
 from glassgpt.model.gpt import GPT
 from glassgpt.model.scaling import flops_per_token
-from glassgpt.config import TrainConfig
 from glassgpt.train.optim import build_optimizers
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -34,9 +34,11 @@ def run(args) -> int:
         if item not in ("matmul", "train", "decode"):
             raise UsageError(f"--what takes matmul, train, decode; not {item!r}")
     for dtype in dtypes:
-        if dtype not in DTYPES:
-            raise UsageError(f"--dtype takes fp32, bf16; not {dtype!r}")
+        if dtype not in (*DTYPES, "auto") or (dtype == "auto" and len(dtypes) > 1):
+            raise UsageError(f"--dtype takes auto, or a comma list of fp32, bf16; not {args.dtype!r}")
     device = resolve_device(args.device)
+    if dtypes == ["auto"]:  # what training would use here, next to the fp32 baseline
+        dtypes = ["fp32"] + (["bf16"] if resolve_dtype("auto", device)[0] == "bf16" else [])
     config = GPTConfig.from_depth(args.depth, args.vocab_size, args.family, head_dim=args.head_dim,
                                   sequence_len=args.seq_len)
     out = ui.console()

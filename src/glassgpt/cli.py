@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 canonical_key(unknown[0])  # raises "unknown option --x; did you mean --y?"
             raise UsageError(f"unknown argument {unknown[0]!r}; see the command's --help")
-        from glassgpt.device import tune_allocator
+        from glassgpt.allocator import tune_allocator
 
         tune_allocator()
         return args.handler(args) or 0
@@ -587,16 +587,19 @@ def _add_bench(commands) -> None:
                   "the KV cache. Uses random tokens and a fresh model: nothing is downloaded or saved.\n\n"
                   "examples:\n  glassgpt bench\n  glassgpt bench --depth 4 --vocab-size 4096 --seq-len 512 --batch-size 8 --dtype fp32,bf16")
     parser.add_argument("--what", default="matmul,train,decode", help="comma list of: matmul, train, decode (default all)")
-    parser.add_argument("--depth", type=_positive_int, default=4, metavar="N")
-    parser.add_argument("--family", default="nanochat", choices=("nanochat", "gpt2"))
-    parser.add_argument("--head-dim", type=_positive_int, default=None, metavar="N")
-    parser.add_argument("--vocab-size", type=_positive_int, default=4096, metavar="N")
-    parser.add_argument("--seq-len", type=_positive_int, default=512, metavar="N")
-    parser.add_argument("--batch-size", type=_positive_int, default=8, metavar="N")
+    parser.add_argument("--depth", type=_positive_int, default=4, metavar="N", help="model depth (default 4)")
+    parser.add_argument("--family", default="nanochat", choices=("nanochat", "gpt2"), help="architecture (default nanochat)")
+    parser.add_argument("--head-dim", type=_positive_int, default=None, metavar="N",
+                        help="attention head size (default: the family's, 128 for nanochat)")
+    parser.add_argument("--vocab-size", type=_positive_int, default=4096, metavar="N", help="vocabulary (default 4096)")
+    parser.add_argument("--seq-len", type=_positive_int, default=512, metavar="N", help="tokens per sequence (default 512)")
+    parser.add_argument("--batch-size", type=_positive_int, default=8, metavar="N", help="sequences per step (default 8)")
     parser.add_argument("--steps", type=_positive_int, default=10, metavar="N", help="timed training steps (default 10)")
     parser.add_argument("--decode-tokens", type=_positive_int, default=200, metavar="N", help="tokens to decode (default 200)")
-    parser.add_argument("--dtype", default="fp32", help="comma list of fp32, bf16 (default fp32)")
-    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--dtype", default="auto",
+                        help="comma list of fp32, bf16; auto (default) = fp32, and bf16 too where "
+                             "`glassgpt train --dtype auto` would use it on this machine")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"), help="default: the best available")
     parser.add_argument("--compile", action="store_true", help="also time the torch.compile'd model")
     parser.add_argument("--json", dest="json_out", metavar="FILE", help="also write the results as JSON")
     parser.set_defaults(handler=_run_bench)
@@ -752,7 +755,8 @@ def _add_trace(commands) -> None:
     parser.add_argument("--steps", type=_positive_int, default=3, metavar="N", help="training iterations (default 3)")
     parser.add_argument("--blocks", metavar="LIST", help="blocks shown in full: e.g. 0,1,last or all (default: first three and last)")
     parser.add_argument("--only", action="append", default=[], metavar="PATTERN",
-                        help="show only trace points matching PATTERN (repeatable), e.g. 'blocks.*.attn.*'")
+                        help="show only trace points matching PATTERN (repeatable), e.g. 'blocks.*.attn.*'; "
+                             "'grad:PATTERN' shows only their gradients")
     parser.add_argument("--text", help="trace this text instead of corpus data")
     parser.add_argument("--html", metavar="FILE", help="also write one self-contained HTML page")
     parser.add_argument("--json", dest="json_out", metavar="FILE", help="also write every statistic as JSON")
@@ -784,7 +788,7 @@ def _run_trace(args) -> int:
                                     blocks=args.blocks, only=args.only, text=args.text, seed=args.seed))
     sections = walkthrough.build(report, args.only)
     header = (f"{report.source}; {report.config.family} family, {report.config.n_layer} blocks, "
-              f"{len(report.token_ids)} tokens; blocks shown in full: {', '.join(map(str, report.traced_blocks))}")
+              f"{len(report.token_ids):,} tokens; blocks shown in full: {', '.join(map(str, report.traced_blocks))}")
     render(sections, console, header, len(report.steps))
     if args.json_out:
         atomic.write_text(args.json_out, export.to_json(report))

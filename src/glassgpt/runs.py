@@ -61,7 +61,7 @@ def _learner_model(run: str, model_file: str, trained_sha256: str | None, model_
     import hashlib
 
     from glassgpt import ui
-    from glassgpt.learn.loader import learner_gpt_class
+    from glassgpt.learn.loader import construct_learner_model
 
     path = Path(model_file)
     if not path.is_file():
@@ -70,4 +70,4 @@ def _learner_model(run: str, model_file: str, trained_sha256: str | None, model_
     if trained_sha256 and hashlib.sha256(path.read_bytes()).hexdigest() != trained_sha256:
         ui.err_console().print(f"[yellow]note[/]: {path.name} changed since run {run!r} was trained; its saved "
                                "weights are loaded into the changed code")
-    return learner_gpt_class(path)(model_config).to(device)
+    return construct_learner_model(path, model_config, device)

@@ -3,7 +3,8 @@
 The worker runs the checks in order and appends one JSON line per event. This side watches the
 clock: a check that runs past its limit is reported as `timeout`, the worker is killed and a fresh
 one continues with the next checks; a worker that dies (a crash in the learner's module) is
-reported as `error`. What the learner's module printed is kept in a log and summarised.
+reported as `error` on the check it was running, or about to run. What the learner's module printed
+is kept in a log and summarised.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from rich.markup import escape
 from glassgpt.errors import GlassError, UsageError
 from glassgpt.learn.checks import CHECKS, MILESTONES
 from glassgpt.learn.mistakes import BY_ID
+from glassgpt.model.config import FAMILIES
 
 SYMBOLS = {"pass": "[green]✓[/]", "fail": "[red]✗[/]", "error": "[red]✗[/]", "timeout": "[red]⧗[/]",
            "not_started": "[dim]·[/]"}
@@ -33,6 +35,7 @@ SYMBOLS = {"pass": "[green]✓[/]", "fail": "[red]✗[/]", "error": "[red]✗[/]
 class Report:
     file: str
     family: str
+    component: str | None = None  # --component: only some checks ran
     checks: list[dict] = field(default_factory=list)
     milestones: dict[str, bool] = field(default_factory=dict)
     printed_lines: int = 0
@@ -44,8 +47,8 @@ class Report:
 
     def to_json(self) -> str:
         keys = ("name", "phase", "status", "max_abs_error", "mistake", "hint", "message", "todo")
-        return json.dumps({"file": self.file, "family": self.family, "passed": self.passed,
-                           "milestones": self.milestones, "printed_lines": self.printed_lines,
+        return json.dumps({"file": self.file, "family": self.family, "component": self.component,
+                           "passed": self.passed, "milestones": self.milestones, "printed_lines": self.printed_lines,
                            "checks": [{k: c.get(k) for k in keys} for c in self.checks]}, indent=1)
 
 
@@ -69,7 +72,7 @@ def grade(path: str | Path, component: str | None = None, time_limit: float = 60
         log.touch()
         family = _family_of(path)
         remaining = check_names(family, component)
-        report = Report(str(path), family)
+        report = Report(str(path), family, component)
         known: dict[str, str] = {}
         first_run = True
         while first_run or remaining:
@@ -79,41 +82,52 @@ def grade(path: str | Path, component: str | None = None, time_limit: float = 60
                 if record["name"] == "import":
                     if record["status"] != "pass":
                         report.checks.append(record)
-                        remaining = []
+                        remaining = _not_started(report, remaining, "waits for import")
                     else:
                         report.family = record.get("family", family)
                     continue
                 report.checks.append(record)
                 known[record["name"]] = record["status"]
             done = {r["name"] for r in outcome.records}
-            if outcome.stuck:  # the check that was running when the worker was stopped
-                status, message = outcome.stuck_status, outcome.stuck_message
-                if outcome.stuck == "import":
-                    report.checks.append({"name": "import", "phase": "initialisation", "status": status, "message":
-                                          message.replace("this check", f"importing {path.name}")})
-                    remaining = []
-                else:
-                    phase = next(c.phase for c in CHECKS if c.name == outcome.stuck)
-                    report.checks.append({"name": outcome.stuck, "phase": phase, "status": status, "message": message})
-                    known[outcome.stuck] = status
-                    done.add(outcome.stuck)
+            if outcome.stuck == "import":
+                report.checks.append({"name": "import", "phase": "initialisation", "status": outcome.stuck_status,
+                                      "message": outcome.stuck_message})
+                remaining = _not_started(report, remaining, "waits for import")
+            elif outcome.stuck:  # the check that was running when the worker stopped
+                report.checks.append({"name": outcome.stuck, "phase": _phase(outcome.stuck),
+                                      "status": outcome.stuck_status, "message": outcome.stuck_message})
+                known[outcome.stuck] = outcome.stuck_status
+                done.add(outcome.stuck)
             remaining = [n for n in remaining if n not in done]
+            if outcome.fatal:  # the worker itself failed between checks: a fresh one would too
+                remaining = _not_started(report, remaining, f"not run: the grader stopped at {outcome.stuck}")
             if not outcome.stuck:
                 break
         reached = {m for c in report.checks for m in c.get("milestones") or []}
         report.milestones = {m: m in reached for m in MILESTONES[:-1]}
-        report.milestones["matches the reference"] = report.passed
+        report.milestones["matches the reference"] = report.passed and component is None
         printed = log.read_text(encoding="utf-8", errors="replace").splitlines()
         report.printed_lines, report.printed_head = len(printed), printed[:3]
     return report
 
 
+def _phase(name: str) -> str:
+    return next(c.phase for c in CHECKS if c.name == name)
+
+
+def _not_started(report: Report, names: list[str], message: str) -> list[str]:
+    """List `names` in the report as not started; nothing remains to run."""
+    report.checks.extend({"name": n, "phase": _phase(n), "status": "not_started", "message": message} for n in names)
+    return []
+
+
 def _family_of(path: Path) -> str:
-    """Read FAMILY = "..." without importing (importing is the worker's job)."""
+    """Read FAMILY = "..." without importing (importing is the worker's job, which also rejects an
+    unknown family)."""
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         if line.startswith("FAMILY") and "=" in line:
             value = line.split("=", 1)[1].split("#")[0].strip().strip("'\"")
-            if value in ("nanochat", "gpt2"):
+            if value in FAMILIES:
                 return value
     return "nanochat"
 
@@ -124,6 +138,11 @@ class _Outcome:
     stuck: str | None = None
     stuck_status: str = ""
     stuck_message: str = ""
+    fatal: bool = False
+
+
+# Starting Python and importing torch is not the learner's time: importing the file gets this much more.
+STARTUP_SECONDS = 30
 
 
 def _run_worker(path: Path, results: Path, log: Path, checks: list[str], known: dict[str, str],
@@ -134,36 +153,51 @@ def _run_worker(path: Path, results: Path, log: Path, checks: list[str], known: 
     with open(log, "ab") as sink:
         process = subprocess.Popen(command, stdout=sink, stderr=sink, start_new_session=True,
                                    env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    current, started, records = None, time.monotonic(), []
-    # Starting Python and torch is not the learner's time: the import gets the limit plus start-up.
-    budget = time_limit + 30
+    # The import's clock starts with the process, so its allowance covers starting Python and torch.
+    state = {"current": "import", "started": time.monotonic(), "crash": None}
+    records: list[dict] = []
+
+    def read_events() -> None:
+        nonlocal offset
+        for line in _new_lines(results, offset):
+            offset += len(line.encode("utf-8")) + 1
+            record = json.loads(line)
+            event = record.pop("event")
+            if event == "start":
+                if record["name"] != "import":  # the import's clock started with the process
+                    state["current"], state["started"] = record["name"], time.monotonic()
+            elif event == "crash":
+                state["crash"] = record["message"]
+            else:
+                records.append(record)
+                state["current"] = None
+
     try:
         while True:
-            for line in _new_lines(results, offset):
-                offset += len(line.encode("utf-8")) + 1
-                record = json.loads(line)
-                if record["event"] == "start":
-                    current, started = record["name"], time.monotonic()
-                    budget = time_limit + (30 if current == "import" else 0)
-                else:
-                    records.append({k: v for k, v in record.items() if k != "event"})
-                    current = None
+            read_events()
             if process.poll() is not None:
-                for line in _new_lines(results, offset):
-                    record = json.loads(line)
-                    if record["event"] == "result":
-                        records.append({k: v for k, v in record.items() if k != "event"})
-                        current = None
-                if current is not None or (process.returncode != 0 and not records):
-                    return _Outcome(records, current or "import", "error",
-                                    f"the worker stopped during this check (exit code {process.returncode}: "
-                                    "a crash or os._exit in your module?)")
-                return _Outcome(records)
-            if current is not None and time.monotonic() - started > budget:
+                read_events()
+                current, crash = state["current"], state["crash"]
+                between_checks = current is None and (process.returncode != 0 or crash)
+                if between_checks:  # it had finished one check and not yet started the next
+                    done = {r["name"] for r in records}
+                    current = next((n for n in ["import", *checks] if n not in done), None)
+                if current is None:
+                    return _Outcome(records)
+                message = crash or (f"the worker stopped during this check (exit code {process.returncode}: a crash "
+                                    "or os._exit in your module?)")
+                return _Outcome(records, current, "error", message, fatal=bool(between_checks))
+            current = state["current"]
+            budget = time_limit + (STARTUP_SECONDS if current == "import" else 0)
+            if current is not None and time.monotonic() - state["started"] > budget:
                 _kill(process)
-                return _Outcome(records, current, "timeout",
-                                f"this check did not finish within {time_limit:g} s (an endless loop?); "
-                                "it was stopped")
+                if current == "import":
+                    message = (f"importing {path.name} did not finish within {budget:g} s ({time_limit:g} s plus "
+                               f"{STARTUP_SECONDS} s to start Python and PyTorch: an endless loop at its top level?); "
+                               "it was stopped")
+                else:
+                    message = f"this check did not finish within {time_limit:g} s (an endless loop?); it was stopped"
+                return _Outcome(records, current, "timeout", message)
             time.sleep(0.05)
     except BaseException:
         _kill(process)
@@ -213,7 +247,11 @@ def render(report: Report, console: Console) -> None:
         shown = "; ".join(escape(line[:80]) for line in report.printed_head)
         console.print(f"[dim]your module printed {report.printed_lines:,} line(s) while being checked"
                       f"{' (first: ' + shown + ')' if shown else ''}[/]")
-    if report.passed:
+    if report.passed and report.component:
+        names = ", ".join(c["name"] for c in report.checks)
+        console.print(f"[bold green]the selected checks pass[/] ({escape(names)}). Check the whole model with: "
+                      f"glassgpt learn check {escape(report.file)}", highlight=False)
+    elif report.passed:
         console.print("[bold green]every check passes: your GPT matches the reference.[/] Train it: "
                       f"glassgpt train --model {escape(report.file)} --preset "
                       f"{'cpu-tiny' if report.family == 'nanochat' else 'cpu-tiny-gpt2'} --run mine")

@@ -165,6 +165,8 @@ def loss_variant(logits, idx, targets, *, kind):
         return F.cross_entropy(logits.reshape(-1, V), idx.reshape(-1))
     if kind == "last_position_only":
         return F.cross_entropy(logits[:, -1], targets[:, -1], ignore_index=-1)
+    if kind == "labels_shifted_twice":  # the targets are already shifted; slicing shifts them again
+        return F.cross_entropy(logits[:, :-1].reshape(-1, V), targets[:, 1:].reshape(-1), ignore_index=-1)
     if kind == "ignored_targets_counted":
         losses = F.cross_entropy(logits.reshape(-1, V), targets.reshape(-1), ignore_index=-1, reduction="none")
         return losses.sum() / targets.numel()
@@ -215,9 +217,11 @@ MISTAKES: list[Mistake] = [Mistake(id, component, produce) for id, component, pr
      lambda logits, idx, targets: loss_variant(logits, idx, targets, kind="labels_not_shifted")),
     ("last_position_only", "forward.gpt.loss",
      lambda logits, idx, targets: loss_variant(logits, idx, targets, kind="last_position_only")),
+    ("labels_shifted_twice", "forward.gpt.loss",
+     lambda logits, idx, targets: loss_variant(logits, idx, targets, kind="labels_shifted_twice")),
     ("ignored_targets_counted", "forward.gpt.loss",
      lambda logits, idx, targets: loss_variant(logits, idx, targets, kind="ignored_targets_counted")),
-    ("weights_tied", "init.gpt", None),  # found from the parameter names, not from an output
+    ("weights_tied", "init.gpt", None),  # found from which tensors the model holds, not from an output
     ("weights_not_tied", "init.gpt", None),
 ]]
 

@@ -13,9 +13,9 @@ from pathlib import Path
 
 from glassgpt import atomic
 from glassgpt.errors import UsageError
+from glassgpt.model.config import FAMILIES
 from glassgpt.see.registry import explain
 
-FAMILIES = ("nanochat", "gpt2")
 _PLACEHOLDER = re.compile(r"\{\{(formula|meaning|bug|look|file):?([^}]*)\}\}")
 
 

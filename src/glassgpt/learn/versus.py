@@ -1,9 +1,10 @@
 """`glassgpt learn compare`: train the learner's GPT and the reference side by side.
 
 Both runs use the same preset, seed, data order and initial weights (the learner's model is
-loaded with the reference's initialisation, `--init reference`), so any gap in the loss curves
-comes from the implementations. Each run is a real `glassgpt train` in its own process; its
-peak memory is that process's peak resident set size.
+loaded with the reference's initialisation, `--init reference`), and the same device and number
+format (resolved once here, since `--dtype auto` measures the CPU and could pick differently in
+each process), so any gap in the loss curves comes from the implementations. Each run is a real
+`glassgpt train` in its own process; its peak memory is that process's peak resident set size.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from pathlib import Path
 
 from rich.table import Table
 
+from glassgpt import device as devices
 from glassgpt import paths, ui
 from glassgpt.errors import GlassError
 from glassgpt.learn.grader import _family_of
@@ -34,8 +36,11 @@ def run(file: str, steps: int, preset: str | None = None) -> int:
     out = ui.console()
     stem = "".join(ch if ch.isalnum() else "-" for ch in path.stem)
     runs = {"reference": f"compare-{stem}-reference", "yours": f"compare-{stem}-yours"}
+    device = devices.resolve_device("auto")
+    dtype, reason = devices.resolve_dtype("auto", device)
+    out.print(f"both on {device.type}, {dtype} ({reason})")
     common = ["--preset", preset, "--max-steps", str(steps), "--eval-every", "0", "--checkpoint-every", "0",
-              "--sample-tokens", "0", "--log-every", str(max(1, steps // 5))]
+              "--sample-tokens", "0", "--log-every", str(max(1, steps // 5)), "--device", device.type, "--dtype", dtype]
     results = {}
     for label, run_name in runs.items():
         shutil.rmtree(paths.run_dir(run_name), ignore_errors=True)  # a comparison is always fresh
@@ -47,7 +52,8 @@ def run(file: str, steps: int, preset: str | None = None) -> int:
                              + ("; run glassgpt learn check first" if label == "yours" else ""))
         results[label] = _summary(paths.run_dir(run_name), peak_kb)
     verdict = _verdict(results["reference"]["losses"], results["yours"]["losses"])
-    table = Table(title=f"{path.name} vs the reference ({preset}, {steps} steps, same seed, data and initial weights)")
+    table = Table(title=f"{path.name} vs the reference ({preset}, {steps} steps, {device.type} {dtype}; same seed, data and "
+                        "initial weights)")
     table.add_column("")
     for label in runs:
         table.add_column(label, justify="right")

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from glassgpt.errors import GlassError
 from glassgpt.learn import checks as grading
-from glassgpt.learn.loader import check_names, import_learner, where_in
+from glassgpt.learn.loader import check_family, check_names, import_learner, where_in
+from glassgpt.see.registry import grader_hint
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -45,39 +46,46 @@ def main(argv: list[str] | None = None) -> int:
         try:
             learner = import_learner(path)
             check_names(learner, path)
+            family = check_family(learner, path)
         except GlassError as error:
             emit({"event": "result", **dataclasses.asdict(grading.CheckResult(
                 "import", "initialisation", "fail", str(error)))})
             return 0
-        family = getattr(learner, "FAMILY", "nanochat")
         emit({"event": "result", "family": family, **dataclasses.asdict(grading.CheckResult(
             "import", "initialisation", "pass", f"imported {path.name} ({family} family)"))})
-        context = grading.Context(learner, family)
-        failed_before = any(status != "pass" for status in known.values())
-        for check in grading.CHECKS:
-            if check.name not in wanted:
-                continue
-            blocked = [need for need in check.needs if known.get(need, "pass") != "pass" and need in known]
-            if blocked:
-                result = grading.CheckResult(check.name, check.phase, "not_started",
-                                             f"waits for {', '.join(blocked)}")
-            else:
-                emit({"event": "start", "name": check.name})
-                result = run_check(check, context, path, failed_before)
-            failed_before = failed_before or result.status in ("fail", "error")
-            known[check.name] = result.status
-            emit({"event": "result", **dataclasses.asdict(result)})
+        try:
+            run_checks(grading.Context(learner, family), wanted, known, path, emit)
+        except BaseException as error:  # not the learner's mistake: tell the parent instead of a traceback
+            emit({"event": "crash", "message": f"the grader failed: {where_in(error, path)}"})
+            return 1
     return 0
+
+
+def run_checks(context: grading.Context, wanted: list[str], known: dict[str, str], path: Path, emit) -> None:
+    failed_before = any(status != "pass" for status in known.values())
+    for check in grading.CHECKS:
+        if check.name not in wanted:
+            continue
+        blocked = [need for need in check.needs if known.get(need, "pass") != "pass" and need in known]
+        if blocked:
+            result = grading.CheckResult(check.name, check.phase, "not_started", f"waits for {', '.join(blocked)}")
+        else:
+            emit({"event": "start", "name": check.name})
+            result = run_check(check, context, path, failed_before)
+        failed_before = failed_before or result.status in ("fail", "error")
+        known[check.name] = result.status
+        emit({"event": "result", **dataclasses.asdict(result)})
 
 
 def run_check(check: grading.Check, context: grading.Context, path: Path, failed_before: bool) -> grading.CheckResult:
     result = grading.CheckResult(check.name, check.phase, "pass")
-    context.reached = []
+    context.reached, context.max_abs_error = [], None
     try:
         check.run(context)
         for milestone in check.milestones:
             context.reach(milestone)
         result.message = "matches the reference"
+        result.max_abs_error = context.max_abs_error  # the largest error among the comparisons it made
     except NotImplementedError as error:
         todo = str(error) or "a TODO"
         # The first unfinished piece is the learner's next task; later TODOs are simply not started.
@@ -93,8 +101,8 @@ def run_check(check: grading.Check, context: grading.Context, path: Path, failed
         result.status = "error"
         result.message = where_in(error, path)
         if "positional argument" in str(error) or "unexpected keyword" in str(error):
-            result.hint = "keep the skeleton's signatures, e.g. MLP(config, layer_idx) and forward(x, cos, sin)"
-    except Exception as error:  # the learner's code raised: show where in their file
+            result.hint = grader_hint("signature")
+    except (Exception, SystemExit) as error:  # the learner's code raised (or exited): show where in their file
         result.status, result.message = "error", where_in(error, path)
     result.milestones = list(context.reached)
     return result

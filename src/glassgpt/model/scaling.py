@@ -1,44 +1,55 @@
-"""Parameter, FLOP and memory accounting for a GPTConfig, computed from the model built on the meta
-device (shapes only, no memory for weights), so the numbers are the model's own, never a second
-formula to drift.
+"""Parameter, FLOP and memory accounting for a GPTConfig, read off the model itself.
 
-- `count_parameters`: every tensor of `named_parameters()`, grouped by name (one block's tensors
-  grouped across all blocks); the groups add up to `sum(p.numel() for p in model.parameters())`.
+- `parameter_shapes`: the name and shape of every parameter of `GPT(config)`, in the order of
+  `named_parameters()`, from the model built on PyTorch's meta device (tensors with shapes and
+  no storage: no memory for weights, and a depth-32 model builds in milliseconds). The counts
+  are the model's own, never a second description of it that could drift.
+- `count_parameters`: those tensors grouped by name (one block's tensors grouped across all
+  blocks); the groups add up to the model's total.
 - `flops_per_token`: training FLOPs per token, the 6N + attention convention used for MFU.
-- `training_memory`: weights, gradients, optimiser state (split between Muon and AdamW as
+- `training_memory`: weights, gradients, optimiser state (split between Muon and AdamW exactly as
   `train.optim.build_optimizers` splits it) and a rough activation estimate, fp32 and bf16 mixed.
 - `analyse` gathers all of it into a `ScaleReport`; `render` prints it (`glassgpt scale`).
-
-This module sits on the path of `glassgpt scale`, which must start fast: it imports only torch and
-the model package at the top (rich and the train config where used), and it never touches what
-imports torch._dynamo or sympy (a meta-device `normal_`/`arange`, a torch optimiser): 1-3 s each.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 
-
 from glassgpt.model.config import GPTConfig
-from glassgpt.model.gpt import GPT
 
 BYTES_PER_ELEMENT = {"fp32": 4, "bf16": 2}
 
-
-def meta_model(config: GPTConfig) -> GPT:
-    """The model with every parameter on the meta device: real names and shapes, no values."""
-    return GPT.build(config, "meta")
+Shape = tuple[int, ...]
 
 
-def matmul_params(model: GPT) -> int:
+def parameter_shapes(config: GPTConfig) -> list[tuple[str, Shape]]:
+    """`[(name, shape) for name, p in GPT(config).named_parameters()]`, built on the meta device."""
+    return [(name, tuple(p.shape)) for name, p in _meta_model(config).named_parameters()]
+
+
+def _meta_model(config: GPTConfig):
+    return _meta_model_of(tuple(sorted(config.to_dict().items())))
+
+
+@functools.lru_cache(maxsize=8)
+def _meta_model_of(fields: tuple):  # one build per config, whatever asks for its shapes
+    from glassgpt.model.gpt import GPT  # torch: imported only when a model is counted
+
+    return GPT.build(GPTConfig(**dict(fields)), "meta")
+
+
+def matmul_params(config: GPTConfig) -> int:
     """Weights that take part in a matmul per token: every 2-D weight except the embedding
     lookups, plus the head (which, when tied, is the embedding matrix used a second time)."""
-    count = sum(p.numel() for n, p in model.named_parameters() if p.dim() == 2 and n not in ("wte.weight", "wpe.weight"))
-    if model.lm_head is None:
-        count += model.wte.weight.numel()
+    shapes = parameter_shapes(config)
+    count = sum(math.prod(s) for n, s in shapes if len(s) == 2 and n not in ("wte.weight", "wpe.weight"))
+    if config.tie_embeddings:
+        count += config.vocab_size * config.n_embd
     return count
 
 
@@ -49,7 +60,7 @@ def attention_flops_per_token(config: GPTConfig, seq_len: int | None = None) -> 
     return 12 * config.n_layer * config.n_head * config.head_dim * seq_len
 
 
-def flops_per_token(config: GPTConfig, seq_len: int | None = None, model: GPT | None = None) -> int:
+def flops_per_token(config: GPTConfig, seq_len: int | None = None) -> int:
     """Training FLOPs per token (forward + backward), the convention used for MFU:
 
         6 x matmul parameters                       (2 for the forward multiply-add, 4 for backward)
@@ -58,8 +69,7 @@ def flops_per_token(config: GPTConfig, seq_len: int | None = None, model: GPT | 
     The attention term counts the full T x T product; causal kernels skip about half of it, so
     MFU computed with this count slightly overstates the work done (the common convention).
     """
-    model = model or meta_model(config)
-    return 6 * matmul_params(model) + attention_flops_per_token(config, seq_len)
+    return 6 * matmul_params(config) + attention_flops_per_token(config, seq_len)
 
 
 # -- parameters ----------------------------------------------------------------------------------
@@ -106,7 +116,7 @@ class ParameterCounts:
     groups: list[ParameterGroup]  # every parameter tensor in exactly one group, in model order
     n_layer: int
     tied: bool
-    total: int  # == sum(p.numel() for p in model.parameters()), checked
+    total: int  # == sum(p.numel() for p in GPT(config).parameters()), checked by the tests
 
     @property
     def layer_total(self) -> int:
@@ -129,18 +139,25 @@ def _role(key: str) -> str:
     return f"{role} (bias)" if kind == "bias" else role
 
 
-def count_parameters(model: GPT) -> ParameterCounts:
-    """Group `model.named_parameters()` by name. A tied head is the embedding matrix itself, so
-    `named_parameters()` yields it once and it is counted once; its row says "0 extra"."""
+def count_parameters(config: GPTConfig) -> ParameterCounts:
+    """The parameters of `GPT(config)`, grouped (see `group_parameters`)."""
+    return group_parameters(parameter_shapes(config), config.n_layer, config.tie_embeddings)
+
+
+def group_parameters(named: list[tuple[str, Shape]], n_layer: int, tied: bool) -> ParameterCounts:
+    """Group (name, shape) pairs, in model order, by name: `blocks.<i>.x` of every block into
+    `blocks.*.x`. A tied head is the embedding matrix itself, so the model names it once and it
+    is counted once; its row says "0 extra"."""
     groups: dict[str, ParameterGroup] = {}
-    for name, parameter in model.named_parameters():
+    for name, shape in named:
+        size = math.prod(shape)
         in_block = _BLOCK_PARAMETER.fullmatch(name)
         key = f"blocks.*.{in_block[2]}" if in_block else name
         if key not in groups:
-            groups[key] = ParameterGroup(key, _role(key), list(parameter.shape), 0, 0 if in_block else None)
-        groups[key].count += parameter.numel()
+            groups[key] = ParameterGroup(key, _role(key), list(shape), 0, 0 if in_block else None)
+        groups[key].count += size
         if in_block and in_block[1] == "0":
-            groups[key].per_layer += parameter.numel()
+            groups[key].per_layer += size
     rows = list(groups.values())
     # The final norm and the head always get a row, so a reader sees "0" rather than wonders.
     if not any(g.name.startswith("final_norm.") for g in rows):
@@ -148,11 +165,9 @@ def count_parameters(model: GPT) -> ParameterCounts:
         rows.insert(at, ParameterGroup("final_norm", "final norm: parameter-free (or none)", [], 0))
     if not any(g.name.startswith("lm_head.") for g in rows):
         rows.append(ParameterGroup("lm_head", "LM head: tied with the embedding, 0 extra", [], 0))
-    total = sum(g.count for g in rows)
-    assert total == sum(p.numel() for p in model.parameters()), "a parameter was counted twice or missed"
     for group, percent in zip(rows, rounded_percentages([g.count for g in rows])):
         group.percent = percent
-    return ParameterCounts(rows, model.config.n_layer, model.lm_head is None, total)
+    return ParameterCounts(rows, n_layer, tied, sum(g.count for g in rows))
 
 
 def rounded_percentages(counts: list[int], decimals: int = 2) -> list[float]:
@@ -191,21 +206,17 @@ class OptimizerSplit:
     adamw_params: int  # two moments (exp_avg, exp_avg_sq) each
 
 
-def optimizer_split(model: GPT) -> OptimizerSplit:
-    """Which parameters each optimiser holds, by the rule `build_optimizers` uses
-    (`is_block_matrix`): with Muon, the block matrices get Muon and all others AdamW; with AdamW
-    alone, everything. The optimiser is the training default for the family
-    (`TrainConfig.resolved_optimizer`): Muon for nanochat, AdamW for gpt2.
-
-    Not asked of `build_optimizers` itself: constructing a torch optimiser imports torch._dynamo
-    (~2 s), which would be most of this command's time.
-    """
+def optimizer_split(config: GPTConfig) -> OptimizerSplit:
+    """Which parameters each optimiser holds, by the rule `build_optimizers` uses: with Muon, the
+    2-D matrices inside the blocks (`train.optim.is_block_matrix`) get Muon and all others AdamW;
+    with AdamW alone, everything. The optimiser is the training default for the family
+    (`TrainConfig.resolved_optimizer`): Muon for nanochat, AdamW for gpt2."""
     from glassgpt.config import TrainConfig
     from glassgpt.train.optim import is_block_matrix
 
-    kind = TrainConfig(family=model.config.family).resolved_optimizer
+    kind = TrainConfig(family=config.family).resolved_optimizer
     muon = adamw = 0
-    for name, parameter in model.named_parameters():
+    for name, parameter in _meta_model(config).named_parameters():
         if kind == "muon" and is_block_matrix(name, parameter):
             muon += parameter.numel()
         else:
@@ -340,17 +351,16 @@ class ScaleReport:
 
 
 def analyse(config: GPTConfig, batch_size: int = 1, batch_tokens: int | None = None) -> ScaleReport:
-    """Everything `glassgpt scale` prints, from one meta build of the model."""
-    model = meta_model(config)
-    counts = count_parameters(model)
-    n_matmul = matmul_params(model)
-    split = optimizer_split(model)
+    """Everything `glassgpt scale` prints, with the counts read off the meta-device model."""
+    counts = count_parameters(config)
+    n_matmul = matmul_params(config)
+    split = optimizer_split(config)
     return ScaleReport(
         config=config,
         parameters=counts,
         matmul_params=n_matmul,
         attention_flops_per_token=attention_flops_per_token(config),
-        train_flops_per_token=flops_per_token(config, model=model),
+        train_flops_per_token=flops_per_token(config),
         batch_tokens=batch_tokens,
         optimizer=split,
         batch_size=batch_size,
@@ -387,13 +397,13 @@ def render(report: ScaleReport, out) -> None:
     out.print(
         f"[bold]{config.family}[/] depth {config.n_layer}: width {config.n_embd}, {config.n_head} heads of "
         f"{config.head_dim} ({config.n_kv_head} key/value heads), MLP {config.mlp_hidden}, vocab "
-        f"{config.vocab_size:,}, seq_len {config.sequence_len:,}. Built on the meta device: shapes only, "
-        f"no memory for weights."
+        f"{config.vocab_size:,}, seq_len {config.sequence_len:,}. Counted on the meta device: shapes "
+        f"only, no memory for weights, so any size takes a moment."
     )
 
     # Numbers are never wrapped or cut; the "what" column appears only where it fits.
     show_roles = out.width >= 112
-    table = Table(title="parameters, grouped from the model's own named_parameters()", title_justify="left",
+    table = Table(title="parameters, by the names of the model's named_parameters()", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False)
     table.add_column("parameter", no_wrap=True)
     if show_roles:
@@ -419,7 +429,7 @@ def render(report: ScaleReport, out) -> None:
                 f"{parameters.layers_total:,}", f"{parameters.layers_percent:.2f}", style="bold", end_section=True)
     row("total", "= sum(p.numel() for p in model.parameters())", "", "", f"{parameters.total:,}", "100.00",
         style="bold")
-    out.print(table)
+    _print_whole(table, out)
     tied = "; the tied head is the embedding matrix, counted once" if parameters.tied else ""
     out.print(f"total parameters: [bold]{parameters.total:,}[/] ({human(parameters.total)}) = sum(p.numel() for p "
               f"in model.parameters()){tied}. Percentages are rounded so that they add up to exactly 100.")
@@ -435,7 +445,7 @@ def render(report: ScaleReport, out) -> None:
     if report.train_flops_per_step is not None:
         table.add_row(f"one training step of {report.batch_tokens:,} tokens", f"{report.train_flops_per_step:,}",
                       human(report.train_flops_per_step, "FLOP"))
-    out.print(table)
+    _print_whole(table, out)
     out.print(
         f"convention: 6 x N_matmul (2 forward multiply-add + 4 backward; N_matmul = {report.matmul_params:,}: "
         f"the 2-D weights used in matmuls, embedding lookups excluded, head included) + 12 x n_layer x n_head "
@@ -460,10 +470,24 @@ def render(report: ScaleReport, out) -> None:
         table.add_row(label, *(human_bytes(getattr(m, attribute)) if getattr(m, attribute) else "—"
                                for m in report.memory))
     table.add_row("total (rough peak)", *(human_bytes(m.total) for m in report.memory), style="bold")
-    out.print(table)
+    _print_whole(table, out)
     who = ("Muon for the 2-D matrices inside the blocks, AdamW for embeddings, head and gains"
            if split.kind == "muon" else "AdamW for every parameter (family gpt2)")
     out.print(f"optimiser: {who}, as train.optim.build_optimizers files them.")
     out.print("bf16 mixed = autocast: fp32 master weights, gradients and optimiser state; bf16 matmul "
               "inputs and outputs; logits in fp32.")
     out.print(f"rough formula: {ACTIVATION_FORMULA}", markup=False)
+
+
+def _print_whole(table, out) -> None:
+    """Print `table` at its natural width even on a console narrower than that (below about 78
+    columns): its lines then run past the edge, where rich would otherwise cut cells with "…"."""
+    from rich.measure import Measurement
+    from rich.segment import Segments
+
+    natural = Measurement.get(out, out.options.update_width(10_000), table).maximum
+    if natural <= out.width:
+        out.print(table)
+        return
+    lines = out.render_lines(table, out.options.update_width(natural), new_lines=True)
+    out.print(Segments([segment for line in lines for segment in line]), soft_wrap=True)

@@ -175,24 +175,24 @@ def plot_entropy(maps: AttentionMaps, path: Path) -> None:
     plt.close(figure)
 
 
-def entropy_table(maps: AttentionMaps):
-    """rich Table: layers x heads, mean entropy over query positions, with the uniform reference."""
-    from rich.table import Table
+def entropy_table(maps: AttentionMaps, width: int = 80):
+    """The terminal view: layers x heads, mean entropy over query positions, with the uniform
+    reference as the last row; laid out to fit `width` with no number cut (many heads: the
+    table turns so that heads are rows)."""
+    from rich.console import Group
+    from rich.text import Text
+
+    from glassgpt.see.terminal import fit_table
 
     mean = maps.mean_entropy
     n_layer, n_head = mean.shape
-    table = Table(title="attention entropy (nats, mean over query positions)", title_justify="left",
-                  caption=(f"A causal row i (0-based) sees i+1 tokens, so it has at most ln(i+1) nats; uniform "
-                           f"attention over these {len(maps.token_ids)} tokens averages {maps.mean_uniform:.3f}. "
-                           f"0 = every query looks at a single token."),
-                  caption_justify="left")
-    table.add_column("layer", justify="right")
-    for head in range(n_head):
-        table.add_column(f"head {head}", justify="right")
-    for layer in range(n_layer):
-        table.add_row(str(layer), *(f"{mean[layer, head]:.3f}" for head in range(n_head)))
-    table.add_row("uniform", *(f"{maps.mean_uniform:.3f}" for _ in range(n_head)), style="dim")
-    return table
+    rows = [[layer, *(f"{mean[layer, head]:.3f}" for head in range(n_head))] for layer in range(n_layer)]
+    rows.append(["uniform", *(f"{maps.mean_uniform:.3f}" for _ in range(n_head))])
+    table = fit_table(["layer", *(f"head {head}" for head in range(n_head))], rows, width, show_edge=True)
+    caption = (f"A causal row i (0-based) sees i+1 tokens, so it has at most ln(i+1) nats; uniform attention over "
+               f"these {len(maps.token_ids)} tokens averages {maps.mean_uniform:.3f}. 0 = every query looks at a "
+               f"single token.")
+    return Group(Text("attention entropy (nats, mean over query positions)"), table, Text(caption))
 
 
 # -- the command ------------------------------------------------------------------------------------
@@ -245,6 +245,6 @@ def run(run_name: str | None, text: str, out_dir: str | None = None, checkpoint:
     layers, heads = model.config.n_layer, model.config.n_head
     out.print(f"{source}: {len(maps.token_ids)} tokens, {layers} layer{'s' * (layers != 1)} x {heads} "
               f"head{'s' * (heads != 1)}")
-    out.print(entropy_table(maps))
+    out.print(entropy_table(maps, out.width))
     out.print(f"wrote {folder / 'heatmaps.png'} and {folder / 'entropy.png'}")
     return maps

@@ -1,8 +1,11 @@
 """The trace as JSON (for programs) and as markdown (for notes and reports).
 
-JSON: {"config", "source", "tokens", "steps": [{"step", "loss", "grad_norm", "trace_points":
-{"<full dotted name>": {shape, dtype, device, mean, std, min, max, rms, norm, zeros, neg_inf, head,
-"grad": {...same...}}}, "param_grad_norms", "update_ratios", "update_groups"}]}.
+JSON: {"config", "source", "text", "traced_blocks", "tokens", "notices", "steps": [{"step",
+"schedule_step", "lr_multiplier", "loss", "grad_norm", "trace_points": {"<full dotted name>": {shape,
+dtype, device, mean, std, min, max, rms, norm, zeros, neg_inf, negative, head, "grad": {...same...}}},
+"param_grad_norms", "learning_rates", "update_norms", "update_ratios", "update_groups"}]}. Every
+trace point of every block is there (or those --only selects), whichever blocks the walk-through
+shows in full.
 """
 
 from __future__ import annotations
@@ -24,12 +27,14 @@ def to_json(report: TraceReport) -> str:
             record["grad"] = grad.to_dict() if grad else None
             points[name] = record
         steps.append({
-            "step": step.step, "loss": step.loss, "grad_norm": step.grad_norm, "trace_points": points,
-            "param_grad_norms": step.param_grad_norms, "update_ratios": step.update_ratios,
-            "update_groups": step.group_of,
+            "step": step.step, "schedule_step": step.schedule_step, "lr_multiplier": step.lr_multiplier,
+            "loss": step.loss, "grad_norm": step.grad_norm, "trace_points": points,
+            "param_grad_norms": step.param_grad_norms, "learning_rates": step.lr_of,
+            "update_norms": step.update_norms, "update_ratios": step.update_ratios, "update_groups": step.group_of,
         })
     return json.dumps({
-        "config": report.config.to_dict(), "source": report.source, "traced_blocks": report.traced_blocks,
+        "config": report.config.to_dict(), "source": report.source, "text": report.text_source,
+        "traced_blocks": report.traced_blocks,
         "tokens": {"ids": report.token_ids,
                    "pieces": [report.tokenizer.token_piece(i).decode("utf-8", "replace") for i in report.token_ids]},
         "notices": report.notices, "steps": steps,

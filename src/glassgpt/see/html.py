@@ -15,9 +15,10 @@ The static part (rendered here, readable without JavaScript):
 - the causal-mask view (`id="mask-view"`): the mask grid for short sequences, otherwise the first
   N x N positions, read from the attention pattern (weight > 0 means allowed).
 
-The script draws one attention heatmap per traced block (`id="heatmap-{i}"`, whose `data-head`
-names the head on show) with a head selector (`id="head-select-{i}"`), token labels on both
-axes, a colour legend and a readout of the value under the mouse.
+The script draws one attention heatmap per layer (`id="heatmap-{i}"`, whose `data-head` names
+the head on show) with a head selector (`id="head-select-{i}"`), token labels on both axes, a
+colour legend and a readout of the value under the mouse. A block shown in full has its heatmap
+in its attention section; the others' heatmaps sit in the "Other blocks" summary.
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ class _Page:
         self.explained: dict[str, str] = {}  # registry key → anchor of its full explanation
         self.labels = [visible_piece(report.tokenizer.token_piece(i).decode("utf-8", "replace"))
                        for i in report.token_ids]
-        self.patterns = {i: self.step.kept[f"blocks.{i}.attn.pattern"] for i in report.traced_blocks
+        # Every layer gets an attention view, whether or not the walk-through shows its block in full.
+        self.patterns = {i: self.step.kept[f"blocks.{i}.attn.pattern"] for i in range(report.config.n_layer)
                          if isinstance(self.step.kept.get(f"blocks.{i}.attn.pattern"), torch.Tensor)
                          and self.step.kept[f"blocks.{i}.attn.pattern"].dim() == 3}
         self.placed_heatmaps: set[int] = set()
@@ -149,6 +151,9 @@ class _Page:
                 block = id[len("block-"):-len("-attention")]
                 if block.isdigit() and int(block) in self.patterns:
                     sub.append(f'<li><a href="#attention-{block}">attention heatmap</a></li>')
+            if id == "other-blocks":
+                sub += [f'<li><a href="#attention-{b}">attention heatmap, block {b}</a></li>'
+                        for b in self._summarised_heatmaps()]
             if id == "gradients":
                 sub.append('<li><a href="#gradient-flow">gradient-flow chart</a></li>')
             if sub:
@@ -195,8 +200,15 @@ class _Page:
                 parts.append(self._heatmap_figure(block))
         if block is not None and block in self.patterns and block not in self.placed_heatmaps:
             parts.append(self._heatmap_figure(block))
+        if section.id == "other-blocks":
+            parts += [self._heatmap_figure(b) for b in self._summarised_heatmaps()]
         parts.append("</section>\n")
         return "".join(parts)
+
+    def _summarised_heatmaps(self) -> list[int]:
+        """Blocks that have a pattern but no section of their own: their heatmaps go with the summary."""
+        own = {_block_of(s.id) for s in self.sections}
+        return [b for b in sorted(self.patterns) if b not in own]
 
     def _intro(self, intro: Explanation, anchor: str) -> str:
         if intro.key in self.explained:

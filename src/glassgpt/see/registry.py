@@ -107,7 +107,7 @@ ENTRIES: list[Explanation] = [
         "blocks.*.attn.v", "Value projection",
         "The content each position hands over when attended to.",
         "v = h @ W_vᵀ", "(batch, time, n_kv_head, head_dim)",
-        "Values carry no position: rotary embedding is applied to q and k only.",
+        "Values carry content, not position: with rotary embedding only q and k are rotated.",
         "Rotating v with RoPE as well.",
         "--n-kv-head 1",
     ),
@@ -227,9 +227,12 @@ ENTRIES: list[Explanation] = [
         "blocks.*.mlp.act", "MLP activation",
         "The non-linearity: without it the whole MLP would be one linear map.",
         "relu2: max(0, u)²   gelu: u·Φ(u)   relu: max(0, u)   silu: u·σ(u)", "(batch, time, 4 x n_embd)",
-        "ReLU and ReLU² zero out about half the units (sparsity); ReLU² also squares the rest.",
-        "ReLU where ReLU² was meant (no square).",
-        "--activation gelu",
+        "ReLU and ReLU² set about half the units to exactly 0 (sparsity), and ReLU² squares the rest; "
+        "GELU and SiLU are smooth: they let small negative values through (GELU's minimum is about -0.17, "
+        "SiLU's about -0.28) and make almost nothing exactly 0.",
+        "The family's activation swapped for another: ReLU where ReLU² was meant (no square), or exact "
+        "GELU where GPT-2's tanh approximation was meant.",
+        "--activation relu (plain ReLU in either family: compare the loss curves)",
     ),
     Explanation(
         "blocks.*.mlp.out", "MLP projection back",
@@ -335,6 +338,29 @@ ENTRIES: list[Explanation] = [
         "updates have a size set by the learning rate alone.",
         "ratio = ‖ΔW‖ / ‖W‖",
     ),
+    Explanation(
+        "topic:schedule", "Learning-rate schedule",
+        "Each optimiser group has a peak learning rate, and every step multiplies it by the schedule: a linear "
+        "warmup over warmup_steps, then 1, then a linear warmdown over the last warmdown_ratio of max_steps down "
+        "to final_lr_frac. A traced run continues its own schedule where it stopped, exactly as its next "
+        "training step would: a run that finished its schedule steps at the small rate it ended with, so its "
+        "updates are that much smaller.",
+        "lr = peak lr x lr_multiplier(step, max_steps, warmup_steps, warmdown_ratio, final_lr_frac)",
+    ),
+    Explanation(
+        "topic:zero_init", "Zero-initialised output projections and head",
+        "With zero_init_out (the nanochat family's default) each block's two output projections (attn.c_proj, "
+        "mlp.c_proj) and the LM head start as all-zero matrices: every block begins as the identity on the "
+        "residual stream, and every logit is 0, so the first prediction is uniform (loss = ln vocab_size).",
+        "out = h @ 0ᵀ = 0;   ∂loss/∂x = ∂loss/∂logits @ W_head = 0 while W_head = 0",
+        look_for="In iteration 1 backward reaches only the head: the stream's gradient is the logits' gradient "
+                 "times the head's weights, all zero, while the head's own gradient (the logits' gradient times "
+                 "the stream) is not. The first step moves the head; from iteration 2 the stream, the embedding "
+                 "and the c_proj layers get gradients, and the layers that feed a c_proj (c_q, c_k, c_v, c_fc) "
+                 "one iteration later, once that c_proj is non-zero. A tensor that starts at zero has no "
+                 "update-to-weight ratio (‖W‖ = 0): its first step is measured by ‖ΔW‖ alone.",
+        experiment="--zero-init-out off (random output projections and head: gradients everywhere at once)",
+    ),
 ]
 
 # The common mistakes the learner's grader diagnoses, filed under the tensor they corrupt.
@@ -412,9 +438,11 @@ _MISTAKES: dict[str, list[tuple[str, str, str]]] = {
     ],
     "lm_head.logits_raw": [
         ("weights_tied", "the LM head is tied to the embedding in an untied family",
-         "nanochat keeps a separate lm_head (nn.Linear(C, V, bias=False)): do not reuse wte.weight."),
+         ("nanochat keeps a separate lm_head = nn.Linear(C, V, bias=False) with a weight of its own: do not "
+          "reuse wte.weight for the logits, and do not assign it (self.lm_head.weight = self.wte.weight).")),
         ("weights_not_tied", "a separate LM head where the family ties it to the embedding",
-         "GPT-2 ties the head to the embedding: logits = x @ wte.weightᵀ, no lm_head parameter."),
+         ("GPT-2 ties the head to the embedding, one matrix: either lm_head = None and logits = x @ wte.weightᵀ, "
+          "or nanoGPT's way, self.lm_head.weight = self.wte.weight (the same Parameter, not a copy).")),
     ],
     "lm_head.logits": [
         ("softcap_missing_divide", "softcap written c·tanh(logits)",
@@ -428,12 +456,71 @@ _MISTAKES: dict[str, list[tuple[str, str, str]]] = {
          "The loss compares logits at position t with targets[t], the token at t + 1 (the loader shifts them)."),
         ("last_position_only", "loss (or logits) for the last position only during training",
          "Training predicts every position: keep logits (B, T, V) and average the loss over all of them."),
+        ("labels_shifted_twice", "targets shifted by one more (logits[:, :-1] scored against targets[:, 1:])",
+         ("The targets are already the next tokens (targets[t] is the token after idx[t]): score logits[:, t] "
+          "against targets[:, t], without slicing either of them.")),
     ],
     "loss": [
         ("ignored_targets_counted", "ignored targets (-1) counted in the mean",
          "Average over the targets that count: sum of losses / number of targets ≠ -1."),
     ],
 }
+# -- the learner's grader: hints that name no catalogued mistake ------------------------------------
+# What `glassgpt learn check` says when a check fails for a reason other than a recognised mistake
+# (a statistic of the initialisation, a property, an optimiser group...). Read with `grader_hint`.
+_GRADER_HINTS: dict[str, str] = {
+    "signature": "Keep the skeleton's signatures, e.g. MLP(config, layer_idx) and forward(x, cos, sin): the grader "
+                 "calls them exactly so.",
+    "init.config": "Keep self.config = config in GPT.__init__: training, sampling and the grader read it.",
+    "init.rotary_buffers": "Register the rotary tables with persistent=False: they are computed, not learned, so "
+                           "they are not saved (and the grader's weights do not include them).",
+    "init.parameter_count": "Every weight should be one tensor, counted once: a module created twice, or a "
+                            "parameter registered under two names, changes the count.",
+    "init.zero": "attn.c_proj, mlp.c_proj and lm_head start at zero (zero_init_out): each block starts as the "
+                 "identity on the residual stream, and the first prediction is uniform (loss = ln V).",
+    "init.one": "Norm gains start at one and norm biases at zero.",
+    "init.nanochat": "normal(0, s) with s = min(1, sqrt(fan_out / fan_in)) / sqrt(fan_in), where fan_in = "
+                     "in_features = weight.shape[1]: each output then starts with about unit variance.",
+    "init.nanochat.wte": "wte starts as normal(0, 1): each looked-up row then has unit RMS, as a normalised stream "
+                         "would.",
+    "init.gpt2": "normal(0, 0.02) for every Linear and Embedding weight; normal(0, 0.02 / sqrt(2 · n_layer)) for "
+                 "the two c_proj weights of each block (two residual additions per block).",
+    "gradient.only": "The output matches but a gradient does not: something in forward changes the backward pass "
+                     "only, e.g. a .detach(), .data, torch.no_grad() or an in-place edit of a tensor autograd needs.",
+    "gradient.missing": "A weight with no gradient is not used in forward, or is used through .detach(), .data or "
+                        "torch.no_grad().",
+    "property.unit_rms": "RMSNorm divides each vector by its own root-mean-square over the last dimension, "
+                         "x / sqrt(mean(x²) + eps), so its output has RMS 1: the mean of the squares (not their "
+                         "sum), under one square root.",
+    "property.rope_relative": "Rotate every pair (x[..., i], x[..., i + D/2]) by its position's angle, both halves "
+                              "with the same cos and sin: (x1 cos θ - x2 sin θ, x1 sin θ + x2 cos θ). Only a pure "
+                              "rotation makes q·k depend on the distance i - j alone.",
+    "property.gqa": "Query head h reads key/value head h // (n_head / n_kv_head): repeat k and v alike with "
+                    "repeat_interleave(n_head // n_kv_head, dim=heads), after splitting them into n_kv_head heads.",
+    "loss": "The loss is F.cross_entropy(logits.view(-1, V), targets.view(-1), ignore_index=-1): the mean over the "
+            "targets that are not -1, with logits and targets at the same positions (the targets are already "
+            "shifted).",
+    "loss.all_ignored": "A batch may have no counted target (a chat batch whose positions are all masked): divide "
+                        "the summed loss by the count clamped to at least 1, so the loss is 0, not 0 / 0 = NaN.",
+    "optimizer.nanochat": "Check this parameter's group: Muon(lr=matrix_lr, momentum=0.95) for the 2-D weights "
+                          "under blocks.*; AdamW(betas=(0.8, 0.95), eps=1e-10, weight_decay=0) for wte at "
+                          "embedding_lr · s and lm_head at unembedding_lr · s, with s = (n_embd / 768) ** -0.5.",
+    "optimizer.gpt2": "Check this parameter's group: one AdamW(lr=lr, betas=(0.9, 0.95), eps=1e-10), with "
+                      "weight_decay for the 2-D weights and 0 for the 1-D ones (biases, norm gains).",
+    "training.curve": "One step matched, but the curves part: does setup_optimizers use the learning rates it is "
+                      "given (the training check passes its own), and does forward avoid randomness of its own?",
+    "generation.greedy": "Each new token is the argmax (temperature 0) of the logits at the last position of the "
+                         "context; append it and repeat.",
+    "generation.crop": "Once the text is longer than config.sequence_len, feed the model only its last "
+                       "sequence_len tokens: idx[:, -config.sequence_len:].",
+}
+
+
+def grader_hint(key: str) -> str:
+    """A hint of the learner's grader that is not a catalogued mistake (see `_GRADER_HINTS`)."""
+    return _GRADER_HINTS[key]
+
+
 ENTRIES = [dataclasses.replace(e, mistakes=tuple(KnownMistake(*m) for m in _MISTAKES.get(e.key, ()))) for e in ENTRIES]
 REGISTRY: dict[str, Explanation] = {entry.key: entry for entry in ENTRIES}
 KNOWN_MISTAKES: dict[str, tuple[str, KnownMistake]] = {
@@ -472,17 +559,52 @@ def names_for(config: GPTConfig, blocks: list[int] | None = None) -> list[str]:
     return before + [key.replace("*", str(i), 1) for i in blocks for key in per_block] + after
 
 
+# The switches that decide whether a trace point exists: (field, the value that brings it, what
+# a model without it lacks).
+_SWITCHES = (("position", "rope", "no RoPE"), ("position", "learned", "no learned position table"),
+             ("qk_norm", True, "no QK-norm"), ("embed_norm", True, "no embedding norm"),
+             ("causal", True, "no causal mask"))
+
+
+def why_not_emitted(key: str, config: GPTConfig) -> str | None:
+    """Why `config` does not emit the registry entry `key`, naming the switch that would bring
+    it ('... exists only with position = rope; this gpt2 model has position = learned: no
+    RoPE'), or None when it does emit it."""
+    entry = REGISTRY[key]
+    if entry.when(config):
+        return None
+    for field, value, lacking in _SWITCHES:
+        if entry.when(dataclasses.replace(config, **{field: value})):
+            return (f"{key} exists only with {field} = {_shown(value)}; this {config.family} model has "
+                    f"{field} = {_shown(getattr(config, field))}: {lacking}")
+    return f"{key} is not emitted by this model"
+
+
+def _shown(value) -> str:
+    return {True: "on", False: "off"}.get(value, str(value)) if isinstance(value, bool) else str(value)
+
+
 def check_patterns(patterns: list[str], config: GPTConfig) -> None:
-    """Raise ValueError when a pattern matches no trace point of `config`, naming close matches."""
+    """Raise UsageError when a pattern matches no trace point of `config`: say why when it names
+    a point this configuration does not have, otherwise name close matches. A `grad:` prefix
+    selects the same points (for their gradients)."""
     from glassgpt.errors import UsageError
 
     names = names_for(config)
     for pattern in patterns:
-        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
-            candidates = sorted({pattern_of(name) for name in names} | set(names))  # this model's names only
-            close = difflib.get_close_matches(pattern, candidates, n=4, cutoff=0.5)
-            hint = f"; close matches: {', '.join(close)}" if close else "; see glassgpt trace --list"
-            raise UsageError(f"trace point pattern {pattern!r} matches nothing{hint}")
+        prefix = "grad:" if pattern.startswith("grad:") else ""
+        bare = pattern.removeprefix(prefix)
+        if any(fnmatch.fnmatchcase(name, bare) for name in names):
+            continue
+        absent = [key for key in TRACE_POINTS if not REGISTRY[key].when(config) and any(
+            fnmatch.fnmatchcase(name, bare) for name in (key, *(key.replace("*", str(i), 1) for i in range(config.n_layer))))]
+        if absent:
+            raise UsageError(f"trace point pattern {pattern!r} matches nothing this model emits: "
+                             + "; ".join(why_not_emitted(key, config) for key in absent))
+        candidates = sorted({pattern_of(name) for name in names} | set(names))  # this model's names only
+        close = [prefix + c for c in difflib.get_close_matches(bare, candidates, n=4, cutoff=0.5)]
+        hint = f"; close matches: {', '.join(close)}" if close else "; see glassgpt trace --list"
+        raise UsageError(f"trace point pattern {pattern!r} matches nothing{hint}")
 
 
 def reference_markdown() -> str:

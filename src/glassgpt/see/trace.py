@@ -4,10 +4,18 @@
 takes real batches from the corpus (or a given text), and for each iteration runs forward,
 backward and the optimiser step exactly as `glassgpt train` does, recording:
 
-- every watched trace point's statistics (and its gradient's), and crops of the tensors that
-  views draw (attention patterns, q/k before and after rotation);
+- every trace point's statistics (and its gradient's), in every block: statistics are a handful
+  of reductions, cheap next to the step itself, so the JSON and the HTML page hold all of them
+  even when the terminal walk-through shows only some blocks in full;
+- crops of the tensors that views draw: every layer's attention pattern (the page has a heatmap
+  per layer), q before and after rotation for the blocks shown in full;
 - gradient norms of every parameter, the global gradient norm;
-- how far the optimiser step moved every parameter, relative to its size.
+- the learning-rate multiplier of the schedule step each iteration ran at, and how far the
+  optimiser step moved every parameter (‖ΔW‖, and ‖ΔW‖ / ‖W‖ where W was not all zeros).
+
+A saved run continues its own schedule: iteration 1 runs at the step the run stopped at (capped
+at its last step, so a finished run traces at the small learning rate it ended with), exactly
+as `glassgpt train` would take its next step. A fresh model starts at step 0.
 
 The result (`TraceReport`) is what the terminal walk-through, the HTML page, the markdown and
 the JSON are made from.
@@ -35,13 +43,17 @@ from glassgpt.train.optim import Muon, build_optimizers, lr_multiplier, muon_mom
 @dataclass
 class TraceOptions:
     run: str | None = None
-    depth: int = 4
+    # A fresh model's architecture; None = the default (depth 4, nanochat, the family's head size,
+    # as many key/value heads as query heads). A run has its own, so giving these with it is an error.
+    depth: int | None = None
+    family: str | None = None
+    n_kv_head: int | None = None
+    head_dim: int | None = None
     seq_len: int | None = None  # default: 1024 for a fresh model, the run's sequence_len for --run
     steps: int = 3
     blocks: str | None = None  # "0,1,last"; default: the first three and the last
     only: list[str] = field(default_factory=list)
     text: str | None = None
-    family: str = "nanochat"
     seed: int = 1337
     device: str = "cpu"
     crop: int = 48  # positions kept for heatmaps
@@ -58,6 +70,10 @@ class StepTrace:
     group_of: dict[str, str]  # parameter → optimiser group label
     kept: dict[str, torch.Tensor] = field(default_factory=dict)  # crops, first iteration only
     order: list[str] = field(default_factory=list)  # trace points in the order they were emitted
+    update_norms: dict[str, float] = field(default_factory=dict)  # parameter → ‖ΔW‖ of this step
+    lr_of: dict[str, float] = field(default_factory=dict)  # parameter → learning rate of this step
+    schedule_step: int = 0  # the optimiser step of the schedule this iteration ran at (0-based)
+    lr_multiplier: float = 1.0  # lr = the group's peak lr x this
 
 
 @dataclass
@@ -72,6 +88,12 @@ class TraceReport:
     notices: list[str]
     lr: dict[str, float]
     same_batch: bool  # --text: every iteration sees the same tokens
+    text_source: str = ""  # where the tokens came from: "a random window of tinyshakespeare's ..."
+    max_steps: int = 0  # the schedule's length (a fresh model: the training default)
+    optimizer: str = "muon"  # "muon" (Muon + AdamW) or "adamw" (AdamW alone)
+    grad_clip: float = 0.0  # the global gradient norm is clipped to this before the step (0: never)
+    run: str | None = None  # the traced run's name; None for a fresh model
+    weight_decay: float = 0.0  # AdamW's, on matrices (the adamw optimizer only)
 
 
 def parse_blocks(spec: str | None, n_layer: int) -> list[int]:
@@ -79,33 +101,46 @@ def parse_blocks(spec: str | None, n_layer: int) -> list[int]:
     if spec is None:
         return sorted({i for i in (0, 1, 2, n_layer - 1) if 0 <= i < n_layer})
     chosen = set()
+    allowed = f"0-{n_layer - 1} (negative counts from the end), 'last' or 'all'"
     for part in (p.strip() for p in spec.split(",") if p.strip()):
         if part == "last":
             chosen.add(n_layer - 1)
         elif part == "all":
             chosen.update(range(n_layer))
-        elif re.fullmatch(r"-?\d+", part) and -n_layer <= int(part) < n_layer:
+        elif not re.fullmatch(r"-?\d+", part):
+            raise UsageError(f"--blocks {part!r} is not a block index: give block numbers {allowed}, "
+                             "separated by commas")
+        elif -n_layer <= int(part) < n_layer:
             chosen.add(int(part) % n_layer)
         else:
-            raise UsageError(f"--blocks {part!r} is out of range: the model has {n_layer} blocks "
-                             f"(0-{n_layer - 1}, 'last' or 'all')")
+            raise UsageError(f"--blocks {part!r} is out of range: the model has {n_layer} blocks; give {allowed}")
     if not chosen:
         raise UsageError("--blocks is empty: give block indices like 0,1,last")
     return sorted(chosen)
 
 
-def _fresh_model(options: TraceOptions, runtime) -> tuple[GPT, Tokenizer, list, TrainConfig, str, object]:
+FRESH_ONLY = ("depth", "family", "n_kv_head", "head_dim")  # options that describe a fresh model
+
+
+def fresh_train_config(options: TraceOptions) -> TrainConfig:
+    """The training config of a fresh model: the training defaults, with the trace's depth, family,
+    head size, key/value heads and sequence length, so that `model_config` derives (and
+    validates) the architecture exactly as `glassgpt train` would from the same flags."""
+    overrides = {"n_kv_head": options.n_kv_head} if options.n_kv_head is not None else {}
+    return TrainConfig(run="trace", seed=options.seed, depth=options.depth or 4, family=options.family or "nanochat",
+                       head_dim=options.head_dim or 0, seq_len=options.seq_len or 1024, model=overrides)
+
+
+def _fresh_model(options: TraceOptions, runtime):
     from glassgpt.train.loop import prepare_data
 
-    seq_len = options.seq_len or 1024
-    train_config = TrainConfig(run="trace", seed=options.seed, depth=options.depth, family=options.family,
-                               seq_len=seq_len)
+    train_config = fresh_train_config(options)
     _, tokenizer, data = prepare_data(train_config, runtime, say=lambda *a, **k: None)
-    config = GPTConfig.from_depth(options.depth, tokenizer.vocab_size, options.family, sequence_len=seq_len)
+    config = train_config.model_config(tokenizer.vocab_size)
     torch.manual_seed(options.seed)
     model = GPT.build(config, runtime.device)
     optimizers = _optimizers(model, train_config)
-    source = f"a fresh {options.family} model (depth {options.depth}, seed {options.seed})"
+    source = f"a fresh {train_config.family} model (depth {train_config.depth}, seed {options.seed})"
     return model, tokenizer, optimizers, train_config, source, data.train, 0
 
 
@@ -118,7 +153,6 @@ def _saved_model(options: TraceOptions, runtime):
     saved = TrainConfig(**{k: v for k, v in run.config["train"].items() if k in TrainConfig.__dataclass_fields__})
     model = run.model
     optimizers = _optimizers(model, saved)
-    saved_step = run.step
     folder = checkpoint.latest(run.folder)
     checkpoint.load_optimizers(folder, optimizers)  # continue from the run's real optimiser state
     seq_len = options.seq_len or model.config.sequence_len
@@ -130,36 +164,50 @@ def _saved_model(options: TraceOptions, runtime):
         _, _, data = prepare_data(saved, runtime, say=lambda *a, **k: None)
         tokens = data.train
     saved.seq_len = seq_len
-    return model, run.tokenizer, optimizers, saved, f"run {options.run!r} at step {run.step}", tokens, saved_step
+    return model, run.tokenizer, optimizers, saved, f"run {options.run!r} at step {run.step}", tokens, run.step
 
 
 def _optimizers(model: GPT, config: TrainConfig):
     return build_optimizers(model, config.optimizer_settings())
 
 
+def parameter_role(name: str, parameter: torch.Tensor, tied: bool) -> str:
+    """What a parameter is for: 'attention', 'MLP', 'token embedding', 'gains & biases'..."""
+    if parameter.dim() < 2:
+        return "gains & biases"
+    if ".attn." in name:
+        return "attention"
+    if ".mlp." in name:
+        return "MLP"
+    if name == "wte.weight":
+        return "tied embedding/head" if tied else "token embedding"
+    if name == "wpe.weight":
+        return "position embedding"
+    return "head"
+
+
 def group_labels(model: GPT, optimizers) -> dict[str, str]:
-    """Parameter name → a readable optimiser group, e.g. 'Muon · attention'."""
+    """Parameter name → '<optimiser> · <role>', e.g. 'Muon · attention', 'AdamW · head'.
+
+    The optimiser is the one that really holds the parameter; the role says what the parameter
+    is for. Roles are finer than optimiser groups (Muon holds attention and MLP matrices in one
+    group; the gpt2 family's single AdamW holds everything), so the walk-through shows each
+    row's learning rate next to it: rows with the same rate share one setting."""
     names = {id(p): n for n, p in model.named_parameters()}
     labels = {}
     for optimizer in optimizers:
         kind = "Muon" if isinstance(optimizer, Muon) else "AdamW"
         for group in optimizer.param_groups:
             for p in group["params"]:
-                name = names[id(p)]
-                if p.dim() < 2:
-                    role = "gains & biases"
-                elif ".attn." in name:
-                    role = "attention"
-                elif ".mlp." in name:
-                    role = "MLP"
-                elif name == "wte.weight" and model.lm_head is None:
-                    role = "tied embedding/head"
-                elif name.startswith(("wte", "wpe")):
-                    role = "embedding"
-                else:
-                    role = "head"
-                labels[name] = f"{kind} · {role}"
+                labels[names[id(p)]] = f"{kind} · {parameter_role(names[id(p)], p, model.lm_head is None)}"
     return labels
+
+
+def learning_rates(model: GPT, optimizers) -> dict[str, float]:
+    """Parameter name → the learning rate its optimiser group uses right now."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)]: group["lr"] for optimizer in optimizers for group in optimizer.param_groups
+            for p in group["params"]}
 
 
 def check_options(options: TraceOptions) -> GPTConfig:
@@ -173,19 +221,30 @@ def check_options(options: TraceOptions) -> GPTConfig:
         from glassgpt import paths
         from glassgpt.train.loop import read_run_config
 
+        given = [name for name in FRESH_ONLY if getattr(options, name) is not None]
+        if given:
+            flag = "--" + given[0].replace("_", "-")
+            raise UsageError(f"{flag} describes a fresh model; run {options.run!r} has its own architecture "
+                             f"(drop {flag} or --run)")
         config = GPTConfig.from_dict(read_run_config(paths.run_dir(options.run))["model"])
     else:
-        config = GPTConfig.from_depth(options.depth, 4096, options.family, sequence_len=options.seq_len or 1024)
+        train_config = fresh_train_config(options)
+        config = train_config.model_config(train_config.vocab_size)
     parse_blocks(options.blocks, config.n_layer)
     if options.only:
         check_patterns(options.only, config)
     return config
 
 
+def recorded_patterns(only: list[str]) -> list[str]:
+    """What the tracer records: everything, or what --only selects. A `grad:` pattern selects a
+    trace point for its gradient, which the tracer records by watching the tensor itself."""
+    return [p.removeprefix("grad:") for p in only] or ["*"]
+
+
 def run_trace(options: TraceOptions) -> TraceReport:
     check_options(options)
     runtime = devices.setup(options.device, "fp32")
-    # A saved run continues its schedule where it stopped (its learning rate and Muon momentum).
     if options.run:
         model, tokenizer, optimizers, train_config, source, train_tokens, first_step = _saved_model(options, runtime)
     else:
@@ -203,20 +262,21 @@ def run_trace(options: TraceOptions) -> TraceReport:
             ids = ids[: config.sequence_len + 1]
         fixed = torch.tensor([ids], device=runtime.device)
         batches = lambda: (fixed[:, :-1], fixed[:, 1:])  # noqa: E731 - the same text every iteration
+        text_source = "your --text, after a <|bos|> token (the same text every iteration)"
     else:
         loader = TokenLoader(train_tokens, 1, seq_len, options.seed, device=runtime.device)
         batches = loader.next_batch
+        text_source = f"a random {seq_len:,}-token window of {train_config.data}'s training split (a new one every iteration)"
 
-    tracer_patterns = options.only or (
-        ["embed.*", "final.*", "lm_head.*", "loss*"]
-        + [f"blocks.{i}.*" for i in blocks]
-        + [f"blocks.{i}.{p}" for i in range(config.n_layer) if i not in blocks
-           for p in ("resid.*", "attn.out", "mlp.out")])
-    keep = [f"blocks.{i}.attn.{p}" for i in blocks for p in ("pattern", "q", "q_rot", "k_rot")]
+    # Every layer's pattern feeds the page's attention views; q before and after rotation feeds
+    # the walk-through's rotation check, only for the blocks it shows in full.
+    keep = ([f"blocks.{i}.attn.pattern" for i in range(config.n_layer)]
+            + [f"blocks.{i}.attn.{p}" for i in blocks for p in ("q", "q_rot")])
     model.train()
     steps: list[StepTrace] = []
     first_ids: list[int] = []
     for step in range(options.steps):
+        # A run continues its schedule where it stopped; past its end, it stays at the last step.
         schedule_step = min(first_step + step, train_config.max_steps - 1)
         multiplier = lr_multiplier(schedule_step, train_config.max_steps, train_config.warmup_steps,
                                    train_config.warmdown_ratio, train_config.final_lr_frac)
@@ -224,7 +284,7 @@ def run_trace(options: TraceOptions) -> TraceReport:
         x, y = batches()
         if step == 0:
             first_ids = x[0].tolist()
-        tracer = StatsTracer(tracer_patterns, keep=keep if step == 0 else [], crop=options.crop)
+        tracer = StatsTracer(recorded_patterns(options.only), keep=keep if step == 0 else [], crop=options.crop)
         with tracer:
             loss = model(x, y)
             loss.backward()
@@ -234,18 +294,25 @@ def run_trace(options: TraceOptions) -> TraceReport:
         for optimizer in optimizers:
             optimizer.step()
         model.zero_grad(set_to_none=True)
-        ratios = {n: update_ratio(before[n], p.detach()) for n, p in model.named_parameters()}
-        steps.append(StepTrace(step + 1, loss.item(), grad_norm, tracer.stats, param_grads, ratios,
-                               group_labels(model, optimizers), tracer.kept, tracer.order))
+        moved = {n: update_size(before[n], p.detach()) for n, p in model.named_parameters()}
+        steps.append(StepTrace(
+            step + 1, loss.item(), grad_norm, tracer.stats, param_grads, {n: m[1] for n, m in moved.items()},
+            group_labels(model, optimizers), tracer.kept, tracer.order,
+            update_norms={n: m[0] for n, m in moved.items()}, lr_of=learning_rates(model, optimizers),
+            schedule_step=schedule_step, lr_multiplier=multiplier))
     runtime_lr = {f"{type(o).__name__} group {i}": g["lr"] for o in optimizers for i, g in enumerate(o.param_groups)}
     rotary = {}
     if config.position == "rope":
         rotary = {"cos": model.rotary_cos[: options.crop].cpu().clone(), "sin": model.rotary_sin[: options.crop].cpu().clone()}
     return TraceReport(config, tokenizer, source, first_ids, blocks, steps, rotary, notices, runtime_lr,
-                       same_batch=options.text is not None)
+                       same_batch=options.text is not None, text_source=text_source,
+                       max_steps=train_config.max_steps, optimizer=train_config.resolved_optimizer,
+                       grad_clip=train_config.grad_clip, weight_decay=train_config.weight_decay, run=options.run)
 
 
-def update_ratio(before: torch.Tensor, after: torch.Tensor) -> float | None:
-    """‖ΔW‖ / ‖W‖ of one optimiser step; None when W was all zeros (the ratio is undefined)."""
-    size = before.norm().item()
-    return None if size == 0 else (after - before).norm().item() / size
+def update_size(before: torch.Tensor, after: torch.Tensor) -> tuple[float, float | None]:
+    """(‖ΔW‖, ‖ΔW‖ / ‖W‖) of one optimiser step; the ratio is None when W was all zeros (it is
+    undefined: the step moved the tensor from nothing, so only ‖ΔW‖ says how far)."""
+    size, step = before.norm().item(), (after - before).norm().item()
+    return step, None if size == 0 else step / size
+

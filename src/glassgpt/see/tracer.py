@@ -1,10 +1,10 @@
 """StatsTracer: records what every watched trace point held, as numbers a person can read.
 
 For each tensor it keeps summary statistics (shape, dtype, device, mean, std, min, max, RMS, L2
-norm, fraction of exact zeros), a few leading values, and, for names asked for in `keep`, a
-cropped copy of the tensor itself (e.g. the first 48 positions of an attention pattern) for
-heatmaps. With `grads=True` it registers a hook on each watched tensor and records the same
-statistics for its gradient under `grad:<name>`.
+norm, fractions of exact zeros and of negative entries), a few leading values, and, for names
+asked for in `keep`, a cropped copy of the tensor itself (e.g. the first 48 positions of an
+attention pattern) for heatmaps. With `grads=True` it registers a hook on each watched tensor and
+records the same statistics for its gradient under `grad:<name>`.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ class TensorStats:
     norm: float
     zeros: float  # fraction of entries exactly 0 (ReLU sparsity, masked logits...)
     neg_inf: float  # fraction of -inf entries (the causal mask)
+    negative: float = 0.0  # fraction of entries below 0, -inf included (what GELU lets through)
     head: list[float] = field(default_factory=list)  # the first few values, flattened
 
     def to_dict(self) -> dict:
@@ -66,6 +67,7 @@ def tensor_stats(x: torch.Tensor, head: int = 6) -> TensorStats:
         shape=list(x.shape), dtype=str(x.dtype).removeprefix("torch."), device=str(x.device),
         mean=mean, std=std, min=lo, max=hi, rms=rms, norm=norm,
         zeros=1.0 - torch.count_nonzero(data).item() / count, neg_inf=neg_inf,
+        negative=(data < 0).sum().item() / count,
         head=[_finite_or_str(v) for v in data.reshape(-1)[:head].tolist()],
     )
 

@@ -41,18 +41,43 @@ class Section:
 
 
 def build(report: TraceReport, only: list[str] | None = None) -> list[Section]:
-    """Sections for the first iteration, then the summary of all iterations."""
+    """Sections for the first iteration, then the summary of all iterations.
+
+    With `only`, just the matching trace points (a `grad:` pattern shows only the gradient)."""
     step = report.steps[0]
     config = report.config
     sections: list[Section] = []
-    want = (lambda name: any(fnmatch.fnmatchcase(name, p) for p in only)) if only else (lambda name: True)
+    only = only or []
+    whole = [p for p in only if not p.startswith("grad:")]
+    grads = [p.removeprefix("grad:") for p in only if p.startswith("grad:")]
+
+    def matches(name: str, patterns: list[str]) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+    def want(name: str) -> bool:
+        return not only or matches(name, whole) or matches(name, grads)
+
+    zero_explained = False  # the first tensor that is all zero because of zero_init_out says why
 
     def tensor(name: str, *notes: str, title: str | None = None) -> Entry | None:
         if name not in step.stats or not want(name):
             return None
         explanation = explain(name)
-        return Entry(title or explanation.title, name, step.stats[name], step.stats.get(f"grad:{name}"),
+        stats = None if only and not matches(name, whole) else step.stats[name]  # grad: only
+        return Entry(title or explanation.title, name, stats, step.stats.get(f"grad:{name}"),
                      explanation, [n for n in notes if n])
+
+    def zero_init(entry: Entry | None, note: str) -> list[Entry | None]:
+        """`entry`, and after it the zero-init explanation the first time a tensor is all zero
+        because of it (with a note saying what is zero, every time)."""
+        nonlocal zero_explained
+        if entry is None or entry.stats is None or entry.stats.norm != 0 or not config.zero_init_out:
+            return [entry]
+        entry.notes.insert(0, f"all {_count(entry.stats)} entries are exactly 0: {note}")
+        if zero_explained:
+            return [entry]
+        zero_explained = True
+        return [entry, Entry("Why so many zeros", explanation=explain("topic:zero_init"))]
 
     def section(id: str, title: str, intro: str | None, *entries: Entry | None) -> None:
         kept = [e for e in entries if e is not None]
@@ -61,11 +86,13 @@ def build(report: TraceReport, only: list[str] | None = None) -> list[Section]:
 
     # -- input -----------------------------------------------------------------------------------
     if not only:
-        pieces = [(i, report.tokenizer.token_piece(i).decode("utf-8", "replace")) for i in report.token_ids[:16]]
+        T = len(report.token_ids)
+        pieces = [(i, report.tokenizer.token_piece(i).decode("utf-8", "replace")) for i in report.token_ids[:TOKEN_ROWS]]
+        shown = f"; the first {TOKEN_ROWS} of the {T:,} positions below" if T > TOKEN_ROWS else ""
         section("tokens", "Token ids", None, Entry(
             "Token ids", explanation=explain("topic:tokens"),
-            notes=[f"shape (1, {len(report.token_ids)}): batch 1, {len(report.token_ids)} tokens, "
-                   f"vocabulary of {config.vocab_size:,}; source: {report.source}", *report.notices],
+            notes=[f"shape (1, {T}): batch 1, {T:,} tokens, vocabulary of {config.vocab_size:,}{shown}",
+                   f"text: {report.text_source}", *report.notices],
             table={"columns": ["position", "id", "piece"],
                    "rows": [[p, i, repr(piece)] for p, (i, piece) in enumerate(pieces)]}))
     section("embedding", "Embedding", None,
@@ -73,12 +100,12 @@ def build(report: TraceReport, only: list[str] | None = None) -> list[Section]:
                                 f"one row of {config.n_embd} numbers per token"),
             tensor("embed.pos", f"wpe has shape ({config.sequence_len}, {config.n_embd}): one row per position"),
             tensor("embed.norm", _rms_note(step.stats.get("embed.norm"))))
-    if config.position == "rope" and report.rotary and (not only or want("blocks.*.attn.q_rot")):
+    if config.position == "rope" and report.rotary and any(want(f"blocks.{i}.attn.q_rot") for i in range(config.n_layer)):
         sections.append(_rope_section(report))
 
     # -- blocks ---------------------------------------------------------------------------------
     for i in report.traced_blocks:
-        sections += _block_sections(report, step, i, tensor, want)
+        sections += _block_sections(report, step, i, tensor, want, zero_init)
     summarised = [i for i in range(config.n_layer) if i not in report.traced_blocks]
     if summarised and not only:
         rows = []
@@ -90,20 +117,27 @@ def build(report: TraceReport, only: list[str] | None = None) -> list[Section]:
         sections.append(Section("other-blocks", "Other blocks (summary)", explain("topic:prenorm"), [Entry(
             "Residual stream through the blocks not shown in full",
             table={"columns": ["block", "‖stream‖ in", "‖stream‖ out", "attn.out RMS", "mlp.out RMS"], "rows": rows},
-            notes=["show them in full with --blocks all"])]))
+            notes=["show them in full with --blocks all; --json and --html hold every trace point of every "
+                   "block either way"])]))
 
     # -- head and loss --------------------------------------------------------------------------
     raw, capped = step.stats.get("lm_head.logits_raw"), step.stats.get("lm_head.logits")
     softcap_note = ""
     if raw and capped:
-        if config.softcap is not None:
+        if config.softcap is None:
+            softcap_note = "softcap is off: the logits are used as they are"
+        elif raw.norm == 0:
+            softcap_note = (f"softcap c = {config.softcap:g}: range [0.000, 0.000] → [0.000, 0.000], nothing to cap "
+                            f"yet: every logit is 0, and c·tanh(0/c) = 0")
+        else:
             softcap_note = (f"softcap c = {config.softcap:g}: range [{raw.min:.3f}, {raw.max:.3f}] → "
                             f"[{capped.min:.3f}, {capped.max:.3f}], always inside (-{config.softcap:g}, {config.softcap:g})")
-        else:
-            softcap_note = "softcap is off: the logits are used as they are"
+    head = "the tied head (wte.weight)" if config.tie_embeddings else "lm_head.weight"
     section("head", "Final norm and LM head", None,
             tensor("final.norm", _rms_note(step.stats.get("final.norm"))),
-            tensor("lm_head.logits_raw", f"one score for each of the {config.vocab_size:,} tokens, at every position"),
+            *zero_init(tensor("lm_head.logits_raw", f"one score for each of the {config.vocab_size:,} tokens, at "
+                                                    f"every position"),
+                       f"{head} starts at zero (zero_init_out), so every token gets the same score"),
             tensor("lm_head.logits", softcap_note))
     uniform = math.log(config.vocab_size)
     section("loss", "Loss", None,
@@ -113,13 +147,16 @@ def build(report: TraceReport, only: list[str] | None = None) -> list[Section]:
 
     # -- backward and optimiser -------------------------------------------------------------------
     if not only:
-        sections.append(_gradient_section(report, step))
-        sections.append(_optimizer_section(step))
+        sections.append(_gradient_section(report))
+        sections.append(_optimizer_section(report, step))
         sections.append(_iterations_section(report))
     return sections
 
 
-def _block_sections(report: TraceReport, step: StepTrace, i: int, tensor, want) -> list[Section]:
+TOKEN_ROWS = 16  # token ids shown in the table; the JSON has all of them
+
+
+def _block_sections(report: TraceReport, step: StepTrace, i: int, tensor, want, zero_init) -> list[Section]:
     config = report.config
     p = f"blocks.{i}."
     H, Hkv, D, C = config.n_head, config.n_kv_head, config.head_dim, config.n_embd
@@ -131,45 +168,51 @@ def _block_sections(report: TraceReport, step: StepTrace, i: int, tensor, want) 
     entries.append(tensor(p + "attn.q", f"(1, T, {C}) @ W_qᵀ ({C} → {H * D}) then split: {_plural(H, 'head')} "
                                          f"x {D} dims"))
     group = H // Hkv
-    kv_note = (f"grouped-query: {_plural(Hkv, 'key/value head')} for {H} query heads, each shared by {group}"
-               if Hkv < H else f"{_plural(Hkv, 'key head')}, one per query head")
+    if Hkv == H:
+        kv_note = f"{_plural(Hkv, 'key head')}, one per query head"
+    else:
+        kind = "multi-query" if Hkv == 1 else "grouped-query"
+        kv_note = f"{kind}: {_plural(Hkv, 'key/value head')} for {H} query heads, each shared by {group}"
     entries.append(tensor(p + "attn.k", kv_note))
-    entries.append(tensor(p + "attn.v", "values are not rotated: they carry content, not position"))
+    entries.append(tensor(p + "attn.v", f"{C} → {Hkv * D}: {_plural(Hkv, 'value head')} x {D} dims"))
     entries.append(tensor(p + "attn.q_rot", _rotation_note(step, p)))
-    entries.append(tensor(p + "attn.k_rot", "keys turn by the same angles, so q·k depends on the distance only"))
+    entries.append(tensor(p + "attn.k_rot"))
     entries.append(tensor(p + "attn.q_norm", _rms_note(stats.get(p + "attn.q_norm"), "per head")))
     entries.append(tensor(p + "attn.k_norm", _rms_note(stats.get(p + "attn.k_norm"), "per head")))
     if want(p + "attn.scores"):
         entries.append(Entry("Heads become a batch dimension", explanation=explain("topic:transpose"),
                              notes=[f"(1, T, {H}, {D}) → (1, {H}, T, {D})"]))
-    if Hkv < H:
+    if Hkv < H and want(p + "attn.k_rep"):
         entries.append(Entry("Grouped-query attention", explanation=explain("topic:gqa"),
                              notes=[f"n_head / n_kv_head = {H} / {Hkv} = {group}: the KV cache is {group}x smaller"]))
-    entries.append(tensor(p + "attn.k_rep", f"repeated {group}x along the head axis" if group > 1 else "no repeat needed (n_kv_head = n_head)"))
-    entries.append(tensor(p + "attn.v_rep"))
+    entries.append(tensor(p + "attn.k_rep", f"(1, {Hkv}, T, {D}) repeated {group}x along the head axis → (1, {H}, T, {D})"
+                          if group > 1 else "no repeat needed (n_kv_head = n_head)"))
+    entries.append(tensor(p + "attn.v_rep", f"(1, {Hkv}, T, {D}) repeated {group}x → (1, {H}, T, {D})" if group > 1 else ""))
     scale = 1 / (config.attn_temperature * math.sqrt(D))
     entries.append(tensor(p + "attn.scores", f"scale 1/({config.attn_temperature:g}·√{D}) = {scale:.4f}"))
     masked = tensor(p + "attn.scores_masked", _mask_note(stats.get(p + "attn.scores_masked")))
-    if masked is not None:
+    if masked is not None and masked.stats is not None:
         T = masked.stats.shape[-1]
         if T <= 16:
             masked.grid = [[1 if k <= q else 0 for k in range(T)] for q in range(T)]
         else:
-            masked.notes.append(f"{T} x {T}: row q keeps keys 0…q, the {T * (T - 1) // 2:,} entries above the diagonal are -inf")
+            masked.notes.append(f"{T} x {T}: row q keeps keys 0 to q, the {T * (T - 1) // 2:,} entries above the "
+                                f"diagonal are -inf")
     entries.append(masked)
     entries.append(tensor(p + "attn.pattern", _pattern_note(step.kept.get(p + "attn.pattern"))))
     entries.append(tensor(p + "attn.z", "(1, H, T, D) @ → transposed back to (1, T, H, D)"))
-    entries.append(tensor(p + "attn.out", f"{_plural(H, 'head')} x {D} concatenated = {H * D} → projected to {C}"))
+    entries += zero_init(tensor(p + "attn.out", f"{_plural(H, 'head')} x {D} concatenated = {H * D} → projected to {C}"),
+                         "attn.c_proj starts at zero (zero_init_out), so attention adds nothing yet")
     mid = stats.get(p + "resid.mid")
     entries.append(tensor(p + "resid.mid", _residual_note(pre, mid, "attention", config.residual)))
     attention = Section(f"block-{i}-attention", f"Block {i} · attention", explain("topic:prenorm"),
                         [e for e in entries if e is not None])
-    act = stats.get(p + "mlp.act")
     mlp_entries = [
         tensor(p + "mlp.norm", _rms_note(stats.get(p + "mlp.norm"))),
         tensor(p + "mlp.up", f"{C} → {config.mlp_hidden} ({config.mlp_ratio}x wider)"),
-        tensor(p + "mlp.act", f"{config.activation}: {100 * act.zeros:.1f}% of the units are exactly 0" if act else ""),
-        tensor(p + "mlp.out", f"{config.mlp_hidden} → {C}"),
+        tensor(p + "mlp.act", _activation_note(stats.get(p + "mlp.act"), config.activation)),
+        *zero_init(tensor(p + "mlp.out", f"{config.mlp_hidden} → {C}"),
+                   "mlp.c_proj starts at zero (zero_init_out), so the MLP adds nothing yet"),
         tensor(p + "resid.post", _residual_note(mid, stats.get(p + "resid.post"), "the MLP", config.residual)),
     ]
     mlp = Section(f"block-{i}-mlp", f"Block {i} · MLP", None, [e for e in mlp_entries if e is not None])
@@ -196,7 +239,6 @@ def _rope_section(report: TraceReport) -> Section:
                f"dimension pairs (i, i + {D // 2}) rotate together: {D // 2} pairs per head",
                f"pair 0 turns {frequencies[0]:.3f} rad/token, pair 1 {frequencies[1]:.3f}, the last pair "
                f"{frequencies[2]:.2e} (one turn every {2 * math.pi / frequencies[2]:,.0f} tokens)",
-               "applied to q and k, not to v",
                f"relative position, checked with the model's own rotation: q·k at positions {a} = {score(*a):.5f}, "
                f"at {b} = {score(*b):.5f} (same distance 3, same score)"],
         table={"columns": ["position", "cos pair 0", "sin pair 0", "cos last pair", "sin last pair"],
@@ -205,37 +247,65 @@ def _rope_section(report: TraceReport) -> Section:
     return Section("rope", "Rotary position embedding", None, [entry])
 
 
-def _gradient_section(report: TraceReport, step: StepTrace) -> Section:
-    config = report.config
+COMPONENTS = [("c_q", "attn.c_q"), ("c_k", "attn.c_k"), ("c_v", "attn.c_v"), ("c_proj", "attn.c_proj"),
+              ("c_fc", "mlp.c_fc"), ("mlp c_proj", "mlp.c_proj")]
+
+
+def _gradient_section(report: TraceReport) -> Section:
+    config, steps = report.config, report.steps
+    step = steps[0]
     grads = step.param_grad_norms
-    components = [("c_q", "attn.c_q"), ("c_k", "attn.c_k"), ("c_v", "attn.c_v"), ("c_proj", "attn.c_proj"),
-                  ("c_fc", "mlp.c_fc"), ("mlp c_proj", "mlp.c_proj")]
-    rows = []
-    for i in range(config.n_layer):
-        stream = step.stats.get(f"grad:blocks.{i}.resid.post")
-        rows.append([i, *(_fmt(grads.get(f"blocks.{i}.{path}.weight")) for _, path in components),
-                     _fmt(stream.norm if stream else None)])
-    flow = Entry("Gradient norm per layer and component",
-                 table={"columns": ["block", *(c for c, _ in components), "‖∂loss/∂stream‖"], "rows": rows})
-    ranked = sorted(grads.items(), key=lambda item: item[1])
-    extremes = Entry("Largest and smallest parameter gradients", notes=[
-        "largest: " + ", ".join(f"{n} {v:.3e}" for n, v in ranked[::-1][:3]),
-        "smallest: " + ", ".join(f"{n} {v:.3e}" for n, v in ranked[:3]),
-        f"global gradient norm {step.grad_norm:.4f}" + (" (zero-initialised projections get their first gradient "
-                                                        "only once the head is non-zero)" if _blocked(step, config) else "")])
-    others = Entry("Embedding and head", table={"columns": ["parameter", "gradient norm"], "rows": [
-        [n, _fmt(v)] for n, v in grads.items() if not n.startswith("blocks.")]})
-    entries = [flow, extremes, others]
-    if len(report.steps) > 1:
+    stopped_at_head = _blocked(step, config) and config.zero_init_out
+    first = _layer_gradients(step, config)
+    if stopped_at_head:
+        first.notes.append("every entry is exactly 0: no gradient gets past the zero-initialised head in iteration 1")
+        first.explanation = explain("topic:zero_init")
+    entries = [first]
+    if len(steps) > 1:  # the same table once the gradient has had time to flow
+        last = _layer_gradients(steps[-1], config)
+        norms = [steps[-1].param_grad_norms.get(f"blocks.{i}.{path}.weight") for i in range(config.n_layer)
+                 for _, path in COMPONENTS]
+        zeros = sum(1 for n in norms if not n)
+        last.notes.append(f"{zeros} of {len(norms)} are still exactly 0" if zeros else
+                          "every weight matrix of every block gets a gradient now")
+        entries.append(last)
+    nonzero = sorted(((n, v) for n, v in grads.items() if v > 0), key=lambda item: item[1])
+    zero = [n for n, v in grads.items() if v == 0]
+    if len(nonzero) > 6:
+        notes = ["largest: " + ", ".join(f"{n} {v:.3e}" for n, v in nonzero[::-1][:3]),
+                 "smallest: " + ", ".join(f"{n} {v:.3e}" for n, v in nonzero[:3])]
+    else:
+        notes = ["non-zero: " + ", ".join(f"{n} {v:.3e}" for n, v in nonzero[::-1])] if nonzero else []
+    if zero:
+        notes.append(f"{len(zero)} of {len(grads)} parameter tensors got a gradient of exactly 0"
+                     + (" (none gets past the zero-initialised head yet)" if _blocked(step, config) else ""))
+    clip = report.grad_clip
+    notes.append(f"global gradient norm {step.grad_norm:.4f}" + (
+        f", above grad_clip {clip:g}: the step used the gradient scaled by {clip / step.grad_norm:.3f}"
+        if clip and step.grad_norm > clip else ""))
+    entries.append(Entry("Largest and smallest parameter gradients, iteration 1", notes=notes))
+    entries.append(Entry("Embedding and head", table={"columns": ["parameter", "gradient norm"], "rows": [
+        [n, _fmt(v)] for n, v in grads.items() if not n.startswith("blocks.")]}))
+    if len(steps) > 1:
         rows = [[i, *(_fmt(s.stats[f"grad:blocks.{i}.resid.post"].norm) if f"grad:blocks.{i}.resid.post" in s.stats
-                      else "—" for s in report.steps)] for i in range(config.n_layer)]
-        entries.append(Entry("Gradient of the residual stream, every iteration", table={
-            "columns": ["block", *(f"iteration {s.step}" for s in report.steps)], "rows": rows}, notes=[
-            "with a zero-initialised head and output projections, nothing below the head gets a gradient in "
-            "iteration 1; once the head is non-zero (iteration 2) the stream, the embedding and the c_proj layers "
-            "do; the layers feeding a c_proj get theirs once that c_proj is non-zero (iteration 3)"
-            if _blocked(report.steps[0], config) else "the signal reaches every block from the first iteration"]))
+                      else "—" for s in steps)] for i in range(config.n_layer)]
+        reached = next((s.step for s in steps if _reaches_every_block(s, config)), None)
+        note = ("the signal reaches every block from the first iteration" if reached == 1
+                else f"the signal reaches every block from iteration {reached}" if reached
+                else "the signal does not reach every block in these iterations")
+        if stopped_at_head:
+            note = f"iteration 1 is all zero (the head was zero); {note}"
+        entries.append(Entry("Gradient of the residual stream, every iteration", notes=[note], table={
+            "columns": ["block", *(f"iteration {s.step}" for s in steps)], "rows": rows}))
     return Section("gradients", "Backward: gradient flow", explain("topic:gradients"), entries)
+
+
+def _layer_gradients(step: StepTrace, config) -> Entry:
+    """The gradient norm of every weight matrix of every block, in one iteration."""
+    grads = step.param_grad_norms
+    rows = [[i, *(_fmt(grads.get(f"blocks.{i}.{path}.weight")) for _, path in COMPONENTS)] for i in range(config.n_layer)]
+    return Entry(f"Gradient norm per layer and component, iteration {step.step}",
+                 table={"columns": ["block", *(c for c, _ in COMPONENTS)], "rows": rows})
 
 
 def _blocked(step: StepTrace, config) -> bool:
@@ -245,26 +315,72 @@ def _blocked(step: StepTrace, config) -> bool:
     return bool(norms) and all(n == 0 for n in norms)
 
 
-def _optimizer_section(step: StepTrace) -> Section:
+def _reaches_every_block(step: StepTrace, config) -> bool:
+    norms = [step.stats.get(f"grad:blocks.{i}.resid.post") for i in range(config.n_layer)]
+    return all(n is not None and n.norm > 0 for n in norms)
+
+
+def _optimizer_section(report: TraceReport, step: StepTrace) -> Section:
     rows = []
-    for group, ratios in sorted(_ratios_by_group(step).items()):
+    for group, names in sorted(_names_by_group(step).items()):
+        ratios = [step.update_ratios[n] for n in names]
         defined = [r for r in ratios if r is not None]
-        rows.append([group, len(ratios), _mean(defined), f"{max(defined):.2e}" if defined else "—",
-                     len(ratios) - len(defined)])
-    per_param = sorted(((n, r) for n, r in step.update_ratios.items() if r is not None), key=lambda item: -item[1])
+        rows.append([group, _lr(step.lr_of[n] for n in names), len(names), _mean(defined),
+                     f"{max(defined):.2e}" if defined else "—", len(ratios) - len(defined)])
+    if report.optimizer == "adamw":
+        who = (f"one AdamW for every parameter ({report.config.family} family), so one learning rate: the rows "
+               f"split it by role only; weight decay {report.weight_decay:g} on matrices, none on gains & biases")
+    else:
+        who = "Muon for the matrices inside the blocks, AdamW for the rest, each group at its own learning rate"
+    ranked = sorted(((n, r) for n, r in step.update_ratios.items() if r), key=lambda item: -item[1])
+    largest = [f"{n}: {r:.2e}" for n, r in ranked[:5]] or ["no tensor that held values moved in this step"]
+    from_zero = sorted(((n, step.update_norms.get(n, 0.0)) for n, r in step.update_ratios.items() if r is None),
+                       key=lambda item: -item[1])
+    moved = [f"{n} {d:.3e}" for n, d in from_zero if d > 0]
+    still = [n for n, d in from_zero if d == 0]
+    zero_notes = []
+    if moved:
+        zero_notes.append(f"started at zero, so no ratio; moved by ‖ΔW‖: {_names(moved)}")
+    if still:
+        zero_notes.append(f"still all zero after this step: {_plural(len(still), 'tensor')} ({_names(still)}), "
+                          f"no gradient reached them yet")
     return Section("optimizer", "Optimizer step", explain("topic:update_ratio"), [
-        Entry("Update-to-weight ratio per parameter group",
-              table={"columns": ["group", "tensors", "mean ‖ΔW‖/‖W‖", "max", "started at 0"], "rows": rows},
-              notes=["a tensor that was all zeros has no ratio: its first step moves it from nothing"]),
-        Entry("Largest relative updates", notes=[f"{n}: {r:.2e}" for n, r in per_param[:5]]),
+        Entry("Learning rate of this step", explanation=explain("topic:schedule"), notes=[_schedule_note(report, step)]),
+        Entry("Update-to-weight ratio per parameter group", notes=[who], table={
+            "columns": ["group", "lr", "tensors", "mean ‖ΔW‖/‖W‖", "max", "started at 0"], "rows": rows}),
+        Entry("Largest relative updates", notes=largest + zero_notes),
     ])
 
 
-def _ratios_by_group(step: StepTrace) -> dict[str, list[float | None]]:
-    groups: dict[str, list[float | None]] = {}
-    for name, ratio in step.update_ratios.items():
-        groups.setdefault(step.group_of[name], []).append(ratio)
+def _schedule_note(report: TraceReport, step: StepTrace) -> str:
+    if report.run is None:
+        where = "a fresh model starts at the first"
+    elif step.schedule_step == report.max_steps - 1:
+        where = "the last: the run finished its schedule, so the trace repeats its last step"
+    else:
+        where = "the run continues where it stopped"
+    return (f"schedule step {step.schedule_step + 1:,} of {report.max_steps:,} ({where}): lr multiplier "
+            f"{step.lr_multiplier:.4g}, so every group steps at {100 * step.lr_multiplier:.3g}% of its peak lr")
+
+
+def _names_by_group(step: StepTrace) -> dict[str, list[str]]:
+    groups: dict[str, list[str]] = {}
+    for name in step.update_ratios:
+        groups.setdefault(step.group_of[name], []).append(name)
     return groups
+
+
+def _ratios_by_group(step: StepTrace) -> dict[str, list[float | None]]:
+    return {group: [step.update_ratios[n] for n in names] for group, names in _names_by_group(step).items()}
+
+
+def _lr(values) -> str:
+    values = sorted(set(values))
+    return f"{values[0]:.3g}" if len(values) == 1 else f"{values[0]:.3g}-{values[-1]:.3g}"
+
+
+def _names(names: list[str], limit: int = 3) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _mean(values: list[float]) -> str:
@@ -276,7 +392,7 @@ def _iterations_section(report: TraceReport) -> Section:
     rows = []
     for step in report.steps:
         by_group = _ratios_by_group(step)
-        rows.append([step.step, f"{step.loss:.4f}", f"{step.grad_norm:.4f}",
+        rows.append([step.step, f"{step.loss:.4f}", f"{step.grad_norm:.4f}", f"{step.lr_multiplier:.4g}",
                      *(_mean([r for r in by_group.get(g, []) if r is not None]) for g in groups)])
     losses = [s.loss for s in report.steps]
     batches = "the same text every iteration: the drop is partly memorisation" if report.same_batch \
@@ -284,8 +400,10 @@ def _iterations_section(report: TraceReport) -> Section:
     note = (f"loss {losses[0]:.4f} → {losses[-1]:.4f} over {len(losses)} iterations ({batches})"
             if len(losses) > 1 else "one iteration")
     return Section("iterations", "All iterations", None, [Entry(
-        "Loss, gradient norm and update ratios per iteration", notes=[note],
-        table={"columns": ["iteration", "loss", "grad norm", *groups], "rows": rows})])
+        "Loss, gradient norm and update ratios per iteration",
+        notes=[note, "lr x: the schedule's learning-rate multiplier; a group's column is the mean ‖ΔW‖/‖W‖ of its "
+                     "tensors (those that started at zero have no ratio)"],
+        table={"columns": ["iteration", "loss", "grad norm", "lr x", *groups], "rows": rows})])
 
 
 # -- notes computed from the real values -----------------------------------------------------------
@@ -295,6 +413,19 @@ def _versus_uniform(loss: float, uniform: float) -> str:
     if abs(loss - uniform) < 1e-3:
         return "exactly a uniform guess: every token equally likely"
     return "better than uniform" if loss < uniform else "worse than uniform: confidently wrong"
+
+
+def _activation_note(stats: TensorStats | None, activation: str) -> str:
+    if stats is None:
+        return ""
+    if activation in ("relu", "relu2"):
+        return f"{activation}: {100 * stats.zeros:.1f}% of the units are exactly 0"
+    return (f"{activation}: {100 * stats.negative:.1f}% of the units are negative (the lowest {stats.min:.3f}), "
+            f"{100 * stats.zeros:.1f}% exactly 0")
+
+
+def _count(stats: TensorStats) -> str:
+    return f"{math.prod(stats.shape):,}"
 
 
 def _plural(count: int, word: str) -> str:

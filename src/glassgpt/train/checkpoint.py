@@ -51,20 +51,36 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizers: list[torc
     folder = checkpoints_dir(run_dir) / f"step-{step:06d}"
     try:
         with atomic.atomic_dir(folder) as tmp:
-            weights = {name: tensor.detach().to("cpu").contiguous() for name, tensor in model.state_dict().items()}
+            weights = _unshared(model.state_dict())
             save_file(weights, tmp / "model.safetensors", metadata={"step": str(step)})
             torch.save({"optimizers": [o.state_dict() for o in optimizers]}, tmp / "optimizer.pt")
             state = dict(state, step=step, rng=rng_state(), files={
                 name: _sha256(tmp / name) for name in ("model.safetensors", "optimizer.pt")})
             (tmp / "state.json").write_text(json.dumps(state, indent=2))
-    except (OSError, SafetensorError, RuntimeError) as error:
+    except (OSError, SafetensorError, RuntimeError) as error:  # torch.save reports a failed write as RuntimeError
         # The temp folder is gone (atomic_dir removed it); earlier checkpoints are untouched.
-        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
-        raise GlassError(f"cannot write checkpoint {folder}: {reason} (is the disk full?); "
+        text = str(error).strip()
+        reason = getattr(error, "strerror", None) or (text.splitlines()[0] if text else type(error).__name__)
+        raise GlassError(f"cannot write checkpoint {folder}: {reason} (is the disk full, or not writable?); "
                          "earlier checkpoints are kept") from None
     for old in list_checkpoints(run_dir)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CPU copies of the weights, one per name. safetensors refuses two names for one tensor, which
+    is what a head tied by assignment (`lm_head.weight = wte.weight`) gives; loading then fills
+    both names, and the model ties them again because its parameters are still one tensor."""
+    seen: set[int] = set()
+    weights = {}
+    for name, tensor in state.items():
+        tensor = tensor.detach().to("cpu").contiguous()
+        if tensor.data_ptr() in seen:
+            tensor = tensor.clone()
+        seen.add(tensor.data_ptr())
+        weights[name] = tensor
+    return weights
 
 
 def read_state(folder: Path, verify: bool = True) -> dict:

@@ -389,20 +389,11 @@ def build_model(config: TrainConfig, model_config, device, say=print) -> torch.n
     torch.manual_seed(config.seed)
     if not config.model_file:
         return GPT.build(model_config, device)
-    from glassgpt.learn.loader import learner_gpt_class, trace_coverage
+    from glassgpt.learn.loader import build_learner_model
 
     reference = GPT.build(model_config, device) if config.init == "reference" else None  # same seed, same numbers
-    model = learner_gpt_class(config.model_file)(model_config).to(device)
-    if reference is not None:
-        from glassgpt.learn.checks import CheckFailed, load_into
-
-        try:
-            load_into(model, reference, "your GPT")
-        except CheckFailed as error:
-            raise GlassError(f"{config.model_file}: {error} (glassgpt learn check tells more)") from None
-    else:
-        model.init_weights()
-    emitted, missing = trace_coverage(model, model_config, device)
+    # built, initialised and run once (forward and backward): any failure is one message about the file
+    model, emitted, missing = build_learner_model(config.model_file, model_config, device, reference)
     say(f"your model ({config.model_file}) emits {len(emitted)} of {len(emitted) + len(missing)} trace points"
         + (f"; not emitted: {', '.join(missing[:8])}{' …' if len(missing) > 8 else ''} "
            "(add tap(name, x) calls to see them in glassgpt trace)" if missing else ""))

@@ -106,7 +106,7 @@ def build_optimizers(model: torch.nn.Module, settings: OptimizerSettings) -> lis
         raise UsageError(f"optimizer must be auto, muon or adamw, not {settings.kind!r}")
 
     width_scale = (model.config.n_embd / 768) ** -0.5
-    tied = model.lm_head is None
+    tied = model.lm_head is None or model.lm_head.weight is model.wte.weight  # nanoGPT ties by assignment
     matrices = [p for n, p in named.items() if is_block_matrix(n, p)]
     embeddings = [p for n, p in named.items() if n in ("wte.weight", "wpe.weight") and not (tied and n == "wte.weight")]
     # A tied matrix is also the head, and the head needs the small step: a large one swings all logits.

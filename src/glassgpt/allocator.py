@@ -1,0 +1,30 @@
+"""Process-wide memory allocator tuning, done before any command runs.
+
+Kept apart from `device.py` so that it imports nothing heavy: `glassgpt scale` and `--help` should
+not pay for importing torch.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import platform
+
+
+def tune_allocator() -> None:
+    """Keep freed memory in the process instead of returning it to the OS (glibc only).
+
+    glibc serves blocks above ~32 MB with mmap and unmaps them on free, so every step re-faults
+    the memory of its large activations (the logits alone are B x T x V x 4 bytes) page by page.
+    Reusing the heap makes depth-4 CPU training ~1.5x faster. Peak memory is unchanged; the
+    process just keeps it.
+    """
+    if platform.system() != "Linux" or os.environ.get("GLASSGPT_NO_MALLOC_TUNING"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4
+        libc.mallopt(M_MMAP_MAX, 0)
+        libc.mallopt(M_TRIM_THRESHOLD, 1 << 30)
+    except (OSError, AttributeError):  # not glibc (e.g. musl): nothing to tune
+        pass
