@@ -40,7 +40,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO
+from conftest import MIRROR, REPO
 
 MAX_STEPS = 3
 PROGRAMS = ("glassgpt", "torchrun", "python benchmarks/")
@@ -146,7 +146,7 @@ def warm_cache(tmp_path_factory) -> Path:
     import subprocess as sp
 
     home = tmp_path_factory.mktemp("docs-cache") / "home"
-    env = {**os.environ, "GLASSGPT_HOME": str(home), "NO_COLOR": "1"}
+    env = {**os.environ, "GLASSGPT_HOME": str(home), "NO_COLOR": "1", "GLASSGPT_DATA_MIRROR": str(MIRROR)}
     script = ("from glassgpt.data import sources, shards; from glassgpt.train.loop import prepare_tokenizer; "
               "from glassgpt.config import TrainConfig; c = sources.resolve('tinyshakespeare'); c.prepare(); "
               "shards.load_or_build(c, prepare_tokenizer(TrainConfig(), c, lambda *a: None))")

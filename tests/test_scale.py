@@ -1,6 +1,6 @@
-"""`glassgpt scale`: counts that are the model's own (read off the model built on the meta device,
-checked against the materialised model for every switch), FLOPs, training memory, no heavy imports
-on its path, and one-line errors for bad input."""
+"""`glassgpt scale`: counts that are the model's own (the arithmetic is checked against the model
+built on the meta device and materialised, for every switch), FLOPs, training memory, no torch on
+its path unless --verify asks for the meta-device model, and one-line errors for bad input."""
 
 from __future__ import annotations
 
@@ -61,12 +61,13 @@ def _configs():
         yield tiny_config("nanochat", **overrides)
 
 
-def test_the_counts_are_the_materialised_models_own_for_every_switch():
+def test_the_arithmetic_names_every_parameter_of_the_model_with_its_shape_for_every_switch():
     for config in _configs():
-        model = GPT.build(config)  # real tensors on the CPU, not the meta device the counts use
+        model = GPT.build(config)  # real tensors on the CPU
         label = f"{config}"
         named = [(n, tuple(p.shape)) for n, p in model.named_parameters()]
         assert scaling.parameter_shapes(config) == named, label  # same names, same order, same shapes
+        assert scaling.meta_parameter_shapes(config) == named and scaling.verify(config) == "", label
         expected = sum(p.numel() for p in model.parameters())
         counts = counted(config)
         assert counts.total == expected == sum(g.count for g in counts.groups), label
@@ -227,6 +228,25 @@ def test_help_teaches_with_examples():
     result = run_cli("scale", "--help")
     assert result.returncode == 0
     assert "examples:" in result.stdout and "glassgpt scale --depth 20" in result.stdout
+
+
+def test_the_analysis_and_its_tables_import_no_torch():
+    """What keeps `glassgpt scale --depth 32` fast and small: its work is arithmetic."""
+    code = ("import io, sys, contextlib\nfrom glassgpt.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n    assert main(['scale', '--depth', '32']) == 0\n"
+            "print('torch' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False"]
+
+
+def test_verify_checks_the_counts_against_the_meta_device_model(capsys, monkeypatch):
+    assert main(["scale", "--depth", "32", "--verify"]) == 0
+    assert "verified: the model built on the meta device has these 194 parameter tensors" in capsys.readouterr().out
+    # were the arithmetic ever to drift from the model, --verify says where, instead of printing a wrong total
+    monkeypatch.setattr(scaling, "parameter_shapes", lambda config: [("wte.weight", (1, 1))])
+    assert main(["scale", "--depth", "2", "--verify"]) == 1
+    assert "parameter 0: counted ('wte.weight', (1, 1)), the model has ('wte.weight', (65536, 128))" in capsys.readouterr().err
 
 
 def test_scale_stays_off_heavy_imports():

@@ -253,7 +253,7 @@ def test_data_parallel_training_with_torchrun_on_two_cpu_processes(glass_home):
     pytest.importorskip("torch.distributed")
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
                "-m", "glassgpt", "train", *TINY_TRAIN, "--run-name", "ddp", "--max-steps", "4", "--eval-every", "2",
-               "--checkpoint-every", "2"]
+               "--checkpoint-every", "2", "--dtype", "auto"]  # auto: rank 0 decides for the group
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     run = glass_home / "runs" / "ddp"
@@ -261,7 +261,7 @@ def test_data_parallel_training_with_torchrun_on_two_cpu_processes(glass_home):
     assert state["world_size"] == 2 and state["step"] == 4
     assert len(state["rng_by_rank"]) == 2 and state["rng_by_rank"][0] == state["rng"]
     saved = json.loads((run / "config.json").read_text())
-    assert saved["train"]["device_batch_size"] == 4
+    assert saved["train"]["device_batch_size"] == 4 and saved["runtime"]["dtype"] in ("fp32", "bf16")
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records if "loss" in r] == [1, 2, 3, 4]  # one writer: rank 0
 

@@ -615,7 +615,8 @@ def _run_bench(args) -> int:
 
 SCALE_DESCRIPTION = """\
 How big is a model, and what does training it cost? Counted from the model's config, with no
-weights made (so any depth takes a moment; tests check every count against the real model):
+weights made (so any depth takes a moment). --verify also builds the real model on PyTorch's meta
+device (shapes, no storage) and checks every tensor's name and shape against it:
 
   parameters  per component, grouped by the model's named_parameters() (one block in
               detail, then all layers, the head, the total), with percentages of the total
@@ -628,6 +629,7 @@ examples:
   glassgpt scale --depth 20                                              nanochat d20: 560,988,160
   glassgpt scale --depth 12 --family gpt2 --vocab 50257 --seq-len 1024   GPT-2 small: 124,439,808
   glassgpt scale --depth 8 --n-kv-head 1 --batch-size 16 --batch-tokens 524288 --json d8.json
+  glassgpt scale --depth 32 --verify
 """
 
 
@@ -649,6 +651,8 @@ def _add_scale(commands) -> None:
     parser.add_argument("--batch-tokens", type=_positive_int, default=None, metavar="N",
                         help="tokens per optimiser step: also print the FLOPs of one step")
     parser.add_argument("--json", dest="json_out", metavar="FILE", help="also write every number as JSON")
+    parser.add_argument("--verify", action="store_true",
+                        help="also build the model on the meta device and check every count against it (~2 s: torch)")
     parser.set_defaults(handler=_run_scale)
 
 
@@ -666,6 +670,13 @@ def _run_scale(args) -> int:
     report = scaling.analyse(config, args.batch_size, args.batch_tokens)
     out = ui.console()
     scaling.render(report, out)
+    if args.verify:
+        difference = scaling.verify(config)
+        if difference:  # a bug in glassgpt, not a user mistake: say so plainly
+            raise GlassError(f"the counts disagree with the model built on the meta device: {difference}; "
+                             "please report this")
+        out.print(f"verified: the model built on the meta device has these {len(scaling.parameter_shapes(config))} "
+                  f"parameter tensors, names and shapes, {report.parameters.total:,} parameters in all")
     if args.json_out:
         atomic.write_text(args.json_out, json.dumps(report.to_dict(), indent=2))
         out.print(f"wrote {args.json_out}")

@@ -180,6 +180,14 @@ def setup(device: str = "auto", dtype: str = "auto") -> Runtime:
         torch.backends.cuda.matmul.allow_tf32 = True  # tf32 matmuls for fp32 parts: ~free speed
         torch.backends.cudnn.allow_tf32 = True
     chosen, reason = resolve_dtype(dtype, resolved)
+    if world_size > 1 and dtype == "auto":
+        # Every rank must compute in the same format; a measurement on a busy machine could
+        # differ between ranks, so rank 0's decision is the group's.
+        import torch.distributed as dist
+
+        decision = [chosen, reason]
+        dist.broadcast_object_list(decision, src=0)
+        chosen, reason = decision
     return Runtime(resolved, chosen, reason, rank, local_rank, world_size)
 
 

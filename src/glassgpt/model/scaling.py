@@ -1,20 +1,21 @@
-"""Parameter, FLOP and memory accounting for a GPTConfig, read off the model itself.
+"""Parameter, FLOP and memory accounting for a GPTConfig, in a fraction of a second.
 
 - `parameter_shapes`: the name and shape of every parameter of `GPT(config)`, in the order of
-  `named_parameters()`, from the model built on PyTorch's meta device (tensors with shapes and
-  no storage: no memory for weights, and a depth-32 model builds in milliseconds). The counts
-  are the model's own, never a second description of it that could drift.
+  `named_parameters()`, worked out from the config as the constructors in model/gpt.py make them.
+  Importing torch alone takes longer (1-2 s, ~220 MB) than `glassgpt scale` may, so this module
+  does not need it. The model stays the authority: `meta_parameter_shapes` reads the same list
+  off the real `GPT` built on PyTorch's meta device (shapes, no storage), `glassgpt scale
+  --verify` compares the two, and the tests compare them for every combination of switches.
 - `count_parameters`: those tensors grouped by name (one block's tensors grouped across all
   blocks); the groups add up to the model's total.
 - `flops_per_token`: training FLOPs per token, the 6N + attention convention used for MFU.
-- `training_memory`: weights, gradients, optimiser state (split between Muon and AdamW exactly as
+- `training_memory`: weights, gradients, optimiser state (split between Muon and AdamW as
   `train.optim.build_optimizers` splits it) and a rough activation estimate, fp32 and bf16 mixed.
 - `analyse` gathers all of it into a `ScaleReport`; `render` prints it (`glassgpt scale`).
 """
 
 from __future__ import annotations
 
-import functools
 import math
 import re
 from dataclasses import asdict, dataclass, field
@@ -28,19 +29,59 @@ Shape = tuple[int, ...]
 
 
 def parameter_shapes(config: GPTConfig) -> list[tuple[str, Shape]]:
-    """`[(name, shape) for name, p in GPT(config).named_parameters()]`, built on the meta device."""
-    return [(name, tuple(p.shape)) for name, p in _meta_model(config).named_parameters()]
+    """`[(name, shape) for name, p in GPT(config).named_parameters()]`, from the config alone.
+
+    Follows the constructors in model/gpt.py, module by module in registration order: the
+    embedding (and learned positions), the embedding norm, each block (norm_1, attention's four
+    projections and QK-norm gains, norm_2, the MLP's two projections), the final norm (none
+    after post-norm blocks, which end in a norm), and the head unless it is tied to wte."""
+    C, V, M, D = config.n_embd, config.vocab_size, config.mlp_hidden, config.head_dim
+    H, Hkv, bias = config.n_head, config.n_kv_head, config.bias
+
+    def linear(name: str, fan_in: int, fan_out: int, with_bias: bool = bias) -> list[tuple[str, Shape]]:
+        return [(f"{name}.weight", (fan_out, fan_in))] + ([(f"{name}.bias", (fan_out,))] if with_bias else [])
+
+    def norm(name: str, dim: int, kind: str = config.norm, with_bias: bool = bias) -> list[tuple[str, Shape]]:
+        if not config.norm_affine or kind == "none":
+            return []  # parameter-free RMSNorm, or no norm at all
+        return [(f"{name}.weight", (dim,))] + ([(f"{name}.bias", (dim,))] if with_bias and kind == "layer" else [])
+
+    shapes: list[tuple[str, Shape]] = [("wte.weight", (V, C))]
+    if config.position == "learned":
+        shapes.append(("wpe.weight", (config.sequence_len, C)))
+    if config.embed_norm:
+        shapes += norm("embed_norm", C)
+    for i in range(config.n_layer):
+        p = f"blocks.{i}."
+        shapes += norm(p + "norm_1", C)
+        shapes += linear(p + "attn.c_q", C, H * D) + linear(p + "attn.c_k", C, Hkv * D)
+        shapes += linear(p + "attn.c_v", C, Hkv * D) + linear(p + "attn.c_proj", H * D, C)
+        if config.qk_norm:  # per-head RMSNorm, never a bias
+            shapes += norm(p + "attn.q_norm", D, "rms", False) + norm(p + "attn.k_norm", D, "rms", False)
+        shapes += norm(p + "norm_2", C)
+        shapes += linear(p + "mlp.c_fc", C, M) + linear(p + "mlp.c_proj", M, C)
+    shapes += norm("final_norm", C, config.norm if config.norm_placement == "pre" else "none")
+    if not config.tie_embeddings:
+        shapes += linear("lm_head", C, V, with_bias=False)
+    return shapes
 
 
-def _meta_model(config: GPTConfig):
-    return _meta_model_of(tuple(sorted(config.to_dict().items())))
+def meta_parameter_shapes(config: GPTConfig) -> list[tuple[str, Shape]]:
+    """The same list read off the real model, built on the meta device (imports torch)."""
+    from glassgpt.model.gpt import GPT
+
+    return [(name, tuple(p.shape)) for name, p in GPT.build(config, "meta").named_parameters()]
 
 
-@functools.lru_cache(maxsize=8)
-def _meta_model_of(fields: tuple):  # one build per config, whatever asks for its shapes
-    from glassgpt.model.gpt import GPT  # torch: imported only when a model is counted
-
-    return GPT.build(GPTConfig(**dict(fields)), "meta")
+def verify(config: GPTConfig) -> str:
+    """Compare `parameter_shapes` with the meta-device model; the first difference, or ''."""
+    ours, model = parameter_shapes(config), meta_parameter_shapes(config)
+    for index, (mine, theirs) in enumerate(zip(ours, model)):
+        if mine != theirs:
+            return f"parameter {index}: counted {mine}, the model has {theirs}"
+    if len(ours) != len(model):
+        return f"counted {len(ours)} parameter tensors, the model has {len(model)}"
+    return ""
 
 
 def matmul_params(config: GPTConfig) -> int:
@@ -210,17 +251,19 @@ def optimizer_split(config: GPTConfig) -> OptimizerSplit:
     """Which parameters each optimiser holds, by the rule `build_optimizers` uses: with Muon, the
     2-D matrices inside the blocks (`train.optim.is_block_matrix`) get Muon and all others AdamW;
     with AdamW alone, everything. The optimiser is the training default for the family
-    (`TrainConfig.resolved_optimizer`): Muon for nanochat, AdamW for gpt2."""
+    (`TrainConfig.resolved_optimizer`): Muon for nanochat, AdamW for gpt2.
+
+    The rule is restated on names and shapes rather than imported (train.optim imports torch);
+    a test builds the real optimisers and checks that the split is theirs."""
     from glassgpt.config import TrainConfig
-    from glassgpt.train.optim import is_block_matrix
 
     kind = TrainConfig(family=config.family).resolved_optimizer
     muon = adamw = 0
-    for name, parameter in _meta_model(config).named_parameters():
-        if kind == "muon" and is_block_matrix(name, parameter):
-            muon += parameter.numel()
+    for name, shape in parameter_shapes(config):
+        if kind == "muon" and name.startswith("blocks.") and len(shape) == 2:
+            muon += math.prod(shape)
         else:
-            adamw += parameter.numel()
+            adamw += math.prod(shape)
     return OptimizerSplit(kind, muon, adamw)
 
 
@@ -351,7 +394,7 @@ class ScaleReport:
 
 
 def analyse(config: GPTConfig, batch_size: int = 1, batch_tokens: int | None = None) -> ScaleReport:
-    """Everything `glassgpt scale` prints, with the counts read off the meta-device model."""
+    """Everything `glassgpt scale` prints, from the config alone."""
     counts = count_parameters(config)
     n_matmul = matmul_params(config)
     split = optimizer_split(config)
@@ -397,8 +440,8 @@ def render(report: ScaleReport, out) -> None:
     out.print(
         f"[bold]{config.family}[/] depth {config.n_layer}: width {config.n_embd}, {config.n_head} heads of "
         f"{config.head_dim} ({config.n_kv_head} key/value heads), MLP {config.mlp_hidden}, vocab "
-        f"{config.vocab_size:,}, seq_len {config.sequence_len:,}. Counted on the meta device: shapes "
-        f"only, no memory for weights, so any size takes a moment."
+        f"{config.vocab_size:,}, seq_len {config.sequence_len:,}. Counted from the config: no weights are "
+        f"made, so any size takes a moment (--verify checks it against the model on the meta device)."
     )
 
     # Numbers are never wrapped or cut; the "what" column appears only where it fits.
