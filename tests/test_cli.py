@@ -141,4 +141,17 @@ def test_an_error_from_the_operating_system_is_one_line_not_a_traceback(monkeypa
     monkeypatch.setattr(cli, "_run_data_list", full_disk)
     assert cli.main(["data", "list"]) == 1
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("error: No space left on device (/data/shards/x.bin)")
+    assert err.count("\n") == 1 and err.startswith("error: No space left on device: /data/shards/x.bin")
+
+    def closed_pipe(args):
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    monkeypatch.setattr(cli, "_run_data_list", closed_pipe)  # `glassgpt data list | head -1`
+    assert cli.main(["data", "list"]) == 0 and capsys.readouterr().err == ""
+
+
+def test_an_output_path_that_is_a_folder_is_named_in_one_line(tmp_path, capsys):
+    assert main(["scale", "--depth", "2", "--json", str(tmp_path)]) == 1
+    err = capsys.readouterr().err
+    assert err == f"error: cannot write {tmp_path}: it is a folder; give a file name\n"
+    assert list(tmp_path.iterdir()) == []  # no temp file left behind

@@ -155,6 +155,39 @@ def warm_cache(tmp_path_factory) -> Path:
     return home
 
 
+def documented_steps(argv: list[str]) -> tuple[str, int] | None:
+    """(run, max_steps) a documented training command asks for, before the harness caps it."""
+    from glassgpt.config import PRESETS, TrainConfig
+
+    if "glassgpt" not in argv or argv.index("glassgpt") + 1 >= len(argv):
+        return None
+    command, flags = argv[argv.index("glassgpt") + 1], argv[argv.index("glassgpt") + 2:]
+
+    def flag(name: str, default=None):
+        return flags[flags.index(name) + 1] if name in flags else default
+
+    if command == "quickstart":
+        return flag("--run", "quickstart"), int(flag("--max-steps", PRESETS["cpu-tiny"]["max_steps"]))
+    if command != "train":
+        return None
+    preset = PRESETS.get(flag("--preset", ""), {})
+    return (flag("--run") or flag("--run-name"),
+            int(flag("--max-steps", preset.get("max_steps", TrainConfig().max_steps))))
+
+
+def check_resume_goes_further(argv: list[str], steps: dict[str, int], page: str) -> None:
+    """The cap hides a documented `--resume --max-steps N` that would stop at once for a reader
+    (N no larger than the run already trained for): catch it here."""
+    asked = documented_steps(argv)
+    if not asked:
+        return
+    run, max_steps = asked
+    if "--resume" in argv and "--max-steps" in argv and run in steps:
+        assert max_steps > steps[run], (f"{page}: `{' '.join(argv)}` resumes {run!r} to step {max_steps}, but the page "
+                                        f"trained it to {steps[run]} already: a reader would get 'already reached'")
+    steps[run] = max(max_steps, steps.get(run, 0)) if "--resume" in argv else max_steps
+
+
 def run_setup(directive: str, cwd: Path) -> None:
     verb, *args = shlex.split(directive)
     assert verb == "cp" and len(args) == 2, f"unknown doc-test directive: {directive}"
@@ -183,6 +216,12 @@ def test_the_harness_reads_exit_codes_reasons_and_setup(tmp_path):
     assert env["FOO"] == "1"
     assert capped(["glassgpt", "train", "--run", "x"])[-2:] == ["--max-steps", str(MAX_STEPS)]
     assert capped(["glassgpt", "sample", "--run", "x"]) == ["glassgpt", "sample", "--run", "x"]
+    steps: dict[str, int] = {}
+    check_resume_goes_further(["glassgpt", "quickstart"], steps, "page")
+    with pytest.raises(AssertionError, match="a reader would get 'already reached'"):
+        check_resume_goes_further(["glassgpt", "train", "--run", "quickstart", "--resume", "--max-steps", "300"], steps, "page")
+    check_resume_goes_further(["glassgpt", "train", "--run", "quickstart", "--resume", "--max-steps", "600"], steps, "page")
+    assert steps == {"quickstart": 600}
 
 
 @pytest.mark.slow
@@ -190,7 +229,10 @@ def test_the_harness_reads_exit_codes_reasons_and_setup(tmp_path):
 def test_documented_commands_run(path, tmp_path, warm_cache, monkeypatch, capsys):
     shutil.copytree(warm_cache, tmp_path / "home")
     env = {**os.environ, "GLASSGPT_HOME": str(tmp_path / "home"), "NO_COLOR": "1"}
+    trained_to: dict[str, int] = {}
     for command in commands_in(path):
+        if not command.setup and not command.text.startswith("export "):
+            check_resume_goes_further(shlex.split(ENV_PREFIX.sub("", command.text)), trained_to, path.name)
         if command.setup:
             run_setup(command.text, tmp_path)
             continue

@@ -99,6 +99,10 @@ def test_resume_refuses_a_changed_field_but_accepts_more_steps(glass_home, capsy
     assert main(["train", "--run", "r", "--resume"]) == 2
     assert "already reached step 2" in capsys.readouterr().err
     assert main(["train", "--run", "r", "--resume", "--max-steps", "3"]) == 0
+    # a model field given with the value the run was built with (derived, not set) is no change
+    assert main(["train", "--run", "r", "--resume", "--max-steps", "4", "--n-kv-head", "2"]) == 0
+    assert main(["train", "--run", "r", "--resume", "--max-steps", "5", "--n-kv-head", "1"]) == 2
+    assert "--n-kv-head differs from the run's saved config (2 → 1)" in capsys.readouterr().err
 
 
 def one_line_error(result: subprocess.CompletedProcess, code: int, *fragments: str) -> None:
@@ -297,3 +301,26 @@ def test_compiled_model_trains_to_the_same_losses(glass_home):
     assert train("--run", "compiled", "--compile", *flags) == 0
     eager, compiled = losses(glass_home / "runs" / "eager"), losses(glass_home / "runs" / "compiled")
     assert compiled == pytest.approx(eager, rel=1e-4)
+
+
+def test_a_resumed_auto_run_keeps_its_format_unless_the_machine_cannot_run_it(tmp_path, monkeypatch):
+    from glassgpt import device as devices
+    from glassgpt.config import TrainConfig
+    from glassgpt.train.loop import kept_dtype
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+
+    def started_with(dtype, device="cpu"):
+        (run_dir / "config.json").write_text(json.dumps({"runtime": {"device": device, "dtype": dtype}}))
+
+    auto, fp32 = TrainConfig(dtype="auto", device="cpu"), TrainConfig(dtype="fp32", device="cpu")
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: True)
+    started_with("bf16")
+    assert kept_dtype(run_dir, auto) == "bf16" and kept_dtype(run_dir, fp32) is None  # an explicit choice wins
+    monkeypatch.setattr(devices, "cpu_has_native_bf16", lambda: False)  # moved to a CPU without bf16
+    assert kept_dtype(run_dir, auto) is None
+    started_with("fp32")
+    assert kept_dtype(run_dir, auto) == "fp32"
+    started_with("bf16", device="cuda")  # trained on a GPU, resumed on this CPU: choose again
+    assert kept_dtype(run_dir, auto) is None

@@ -20,11 +20,14 @@ def test_log_lines_show_loss_speed_and_an_eta_from_the_pace_so_far(monkeypatch):
     assert buffer.getvalue() == "step     10/50 | loss 5.4321 | 2,345 tok/s | eta 40s\n"  # 40 steps at 1 s each
 
 
-def test_eta_counts_only_the_steps_of_this_session():
+def test_eta_counts_only_the_steps_of_this_session(monkeypatch):
+    now = [1000.0]
+    monkeypatch.setattr(ui.time, "perf_counter", lambda: now[0])
     progress = ui.TrainingProgress(total_steps=300, start_step=200, log_every=10,
                                    out=Console(file=io.StringIO(), force_terminal=False))
     assert progress.eta(200) == 0.0  # nothing done yet in this session: no guess
-    assert progress.eta(250) >= 0.0
+    now[0] += 25.0  # 50 steps of this resumed session took 25 s: 0.5 s a step
+    assert progress.eta(250) == 25.0  # 50 steps left, not 250 (the 200 before the resume do not count)
 
 
 def test_durations_read_like_a_clock():

@@ -41,7 +41,12 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp
         if tmp.exists():  # mkstemp makes the file private (0600); give it the usual permissions
             os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
+        if path.is_dir():
+            raise GlassError(f"cannot write {path}: it is a folder; give a file name")
+        try:
+            os.replace(tmp, path)
+        except OSError as error:
+            raise GlassError(f"cannot write {path}: {error.strerror or error}") from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

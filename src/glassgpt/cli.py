@@ -57,19 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except OSError as error:  # the machine said no: a full disk, a file limit, a vanished folder
-        where = f" ({error.filename})" if error.filename else ""
-        print(f"error: {error.strerror or error}{where}; check the free space and permissions of "
-              f"{_cache_root()}", file=sys.stderr)
-        return 1
-    except BrokenPipeError:  # `glassgpt ... | head`
+    except BrokenPipeError:  # `glassgpt ... | head`: the reader has what it wanted
         return 0
-
-
-def _cache_root() -> str:
-    from glassgpt import paths
-
-    return str(paths.home())
+    except OSError as error:  # the machine said no: a full disk, a file limit, a vanished folder
+        where = f": {error.filename}" if error.filename else ""
+        print(f"error: {error.strerror or error}{where} (check the free disk space and the permissions there)",
+              file=sys.stderr)
+        return 1
 
 
 def build_parser() -> Parser:
@@ -247,11 +241,10 @@ def _run_quickstart(args) -> int:
                 _print_next_steps(args.run)
                 return 0
             out.print(f"continuing the interrupted run [bold]{args.run}[/]")
-            result = loop.train(loop.resumed_config(args.run, {}), resume=True)
+            loop.train(loop.resumed_config(args.run, {}), resume=True)
             _print_next_steps(args.run)
             return 0
-        else:
-            shutil.rmtree(run_dir)  # a run that never reached its first checkpoint holds nothing to keep
+        # A folder without a checkpoint holds nothing to keep: loop.train starts it afresh.
     started = time.perf_counter()
     result = loop.train(cfg.resolve("cpu-tiny", None, flags))
     if not result.interrupted:
@@ -891,6 +884,8 @@ def _run_learn_check(args) -> int:
         return 0 if report.passed else 1
 
     if args.watch:
+        if not Path(args.file).is_file():  # a typo would otherwise wait forever for a file to appear
+            raise UsageError(f"{args.file} does not exist; glassgpt learn init {args.file} writes one")
         return grader.watch(args.file, once)
     return once()
 

@@ -29,9 +29,13 @@ from glassgpt.learn import mistakes
 from glassgpt.learn.compare import Comparison, compare
 from glassgpt.model import taps
 from glassgpt.model.config import GPTConfig
-from glassgpt.model.gpt import GPT, rotary_tables
+from glassgpt.model.gpt import GPT, head_is_tied, rotary_tables
 from glassgpt.see.registry import explain, grader_hint
 from glassgpt.train.optim import OptimizerSettings, build_optimizers
+
+def optimizer_hint(family: str) -> str:
+    return f"{grader_hint('optimizer.check')} {grader_hint(f'optimizer.{family}')}"
+
 
 # How close is close enough, per check and per quantity, as (atol, rtol): a value passes when
 # |got - expected| ≤ atol + rtol · |expected|. Each fits its numerics in fp32 and sits 10x or more
@@ -154,13 +158,6 @@ def tensor_names(module: torch.nn.Module) -> dict[str, str]:
     module registers one tensor under two names, as nanoGPT's `lm_head.weight = wte.weight` does)."""
     first_name: dict[int, str] = {}
     return {name: first_name.setdefault(id(tensor), name) for name, tensor in module.state_dict(keep_vars=True).items()}
-
-
-def head_is_tied(model: torch.nn.Module) -> bool:
-    """Whether the logits come from the embedding matrix: no lm_head weight at all, or one that is
-    the very same Parameter as wte.weight (tying nanoGPT's way)."""
-    names = tensor_names(model)
-    return "lm_head.weight" not in names or names["lm_head.weight"] == names.get("wte.weight")
 
 
 def load_into(learner_module: torch.nn.Module, reference_module: torch.nn.Module, what: str) -> None:
@@ -293,7 +290,7 @@ def check_init_gpt(ctx: Context):
     model = ctx.learner.GPT(ctx.config)
     if getattr(model, "config", None) is None:
         raise CheckFailed("GPT has no .config attribute", hint=grader_hint("init.config"))
-    tied, should_tie = head_is_tied(model), ctx.reference.lm_head is None
+    tied, should_tie = head_is_tied(model), head_is_tied(ctx.reference)
     if tied and not should_tie:
         how = ("your lm_head.weight is wte.weight (tied nanoGPT's way)" if "lm_head.weight" in tensor_names(model)
                else "your GPT has no lm_head.weight")
@@ -670,7 +667,7 @@ def _learner_optimizers(ctx: Context, model, **kwargs):
     if isinstance(optimizers, torch.optim.Optimizer):
         optimizers = [optimizers]
     grouped = [p for o in optimizers for g in o.param_groups for p in g["params"]]
-    hint = grader_hint(f"optimizer.{ctx.family}")
+    hint = optimizer_hint(ctx.family)
     if len(grouped) != len(set(map(id, grouped))):
         raise CheckFailed("a parameter is in two optimiser groups", hint=hint)
     if len(grouped) != len(list(model.parameters())):
@@ -705,7 +702,7 @@ def check_optimizer(ctx: Context):
         for name, p in reference.named_parameters():
             fail_unless(ctx.compare(f"{name} after optimiser step {step}", p, learned[name],
                                     TOLERANCES["optimizer.step"]["parameter"]),
-                        hint=grader_hint(f"optimizer.{ctx.family}"))
+                        hint=optimizer_hint(ctx.family))
 
 
 def training_batches(config: GPTConfig, steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

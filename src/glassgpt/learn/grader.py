@@ -285,10 +285,17 @@ def watch(path: str | Path, run, interval: float = 0.5) -> int:
     last = None
     try:
         while True:
-            stamp = path.stat().st_mtime_ns if path.exists() else None
-            if stamp != last:
+            try:
+                status = path.stat()
+                stamp = (status.st_mtime_ns, status.st_size)  # size too: two saves within one clock tick
+            except FileNotFoundError:  # editors that save by rename leave a moment with no file
+                stamp = None
+            if stamp is not None and stamp != last:
                 last = stamp
-                run()
+                try:
+                    run()
+                except GlassError as error:  # e.g. the file went away mid-check: report, keep watching
+                    print(f"error: {error}", flush=True)
                 print(f"\nwatching {path} for changes (Ctrl-C to stop)…", flush=True)
             time.sleep(interval)
     except KeyboardInterrupt:

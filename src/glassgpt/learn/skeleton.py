@@ -8,15 +8,17 @@ view and the grader's hints say.
 from __future__ import annotations
 
 import re
+import textwrap
 from importlib import resources
 from pathlib import Path
 
 from glassgpt import atomic
 from glassgpt.errors import UsageError
 from glassgpt.model.config import FAMILIES
-from glassgpt.see.registry import explain
+from glassgpt.see.registry import explain, grader_hint
 
-_PLACEHOLDER = re.compile(r"\{\{(formula|meaning|bug|look|file):?([^}]*)\}\}")
+_PLACEHOLDER = re.compile(r"\{\{(formula|meaning|bug|look|hint|file):?([^}]*)\}\}")
+WIDTH = 100  # the templates' own line length
 
 
 def render(family: str, file_name: str) -> str:
@@ -28,6 +30,11 @@ def render(family: str, file_name: str) -> str:
         kind, key = match.groups()
         if kind == "file":
             return file_name
+        if kind == "hint":  # a grader hint is a paragraph: wrap it at the placeholder's column
+            column = match.start() - (match.string.rfind("\n", 0, match.start()) + 1)
+            indent = " " * column
+            return textwrap.fill(grader_hint(key), WIDTH, initial_indent=indent, subsequent_indent=indent,
+                                 break_on_hyphens=False)[column:]
         entry = explain(key)
         return {"formula": entry.formula, "meaning": entry.meaning, "bug": entry.common_bug,
                 "look": entry.look_for}[kind]

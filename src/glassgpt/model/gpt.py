@@ -375,6 +375,13 @@ class GPT(nn.Module):
         return tap("loss", losses.sum() / counted.clamp(min=1))
 
 
+def head_is_tied(model: nn.Module) -> bool:
+    """Whether the logits come from the embedding matrix: no lm_head at all (this file's way), or
+    an lm_head whose weight is wte.weight itself (nanoGPT's way). Holds for a learner's GPT too."""
+    head = getattr(model, "lm_head", None)
+    return head is None or getattr(head, "weight", None) is model.wte.weight
+
+
 class KVCache:
     """Keys and values of every layer for the tokens seen so far, preallocated for `max_len`.
 

@@ -484,7 +484,7 @@ _GRADER_HINTS: dict[str, str] = {
     "init.nanochat.wte": "wte starts as normal(0, 1): each looked-up row then has unit RMS, as a normalised stream "
                          "would.",
     "init.gpt2": "normal(0, 0.02) for every Linear and Embedding weight; normal(0, 0.02 / sqrt(2 · n_layer)) for "
-                 "the two c_proj weights of each block (two residual additions per block).",
+                 "the two c_proj weights of each block (two residual additions per block); biases zeros.",
     "gradient.only": "The output matches but a gradient does not: something in forward changes the backward pass "
                      "only, e.g. a .detach(), .data, torch.no_grad() or an in-place edit of a tensor autograd needs.",
     "gradient.missing": "A weight with no gradient is not used in forward, or is used through .detach(), .data or "
@@ -502,11 +502,12 @@ _GRADER_HINTS: dict[str, str] = {
             "shifted).",
     "loss.all_ignored": "A batch may have no counted target (a chat batch whose positions are all masked): divide "
                         "the summed loss by the count clamped to at least 1, so the loss is 0, not 0 / 0 = NaN.",
-    "optimizer.nanochat": "Check this parameter's group: Muon(lr=matrix_lr, momentum=0.95) for the 2-D weights "
-                          "under blocks.*; AdamW(betas=(0.8, 0.95), eps=1e-10, weight_decay=0) for wte at "
-                          "embedding_lr · s and lm_head at unembedding_lr · s, with s = (n_embd / 768) ** -0.5.",
-    "optimizer.gpt2": "Check this parameter's group: one AdamW(lr=lr, betas=(0.9, 0.95), eps=1e-10), with "
-                      "weight_decay for the 2-D weights and 0 for the 1-D ones (biases, norm gains).",
+    "optimizer.nanochat": "Muon(lr=matrix_lr, momentum=0.95) for the 2-D weights under blocks.*; "
+                          "AdamW(betas=(0.8, 0.95), eps=1e-10, weight_decay=0) for wte at embedding_lr · s and "
+                          "lm_head at unembedding_lr · s, with s = (n_embd / 768) ** -0.5.",
+    "optimizer.gpt2": "One AdamW(lr=lr, betas=(0.9, 0.95), eps=1e-10), with weight_decay for the 2-D weights and "
+                      "0 for the 1-D ones (biases, norm gains).",
+    "optimizer.check": "Check this parameter's group:",
     "training.curve": "One step matched, but the curves part: does setup_optimizers use the learning rates it is "
                       "given (the training check passes its own), and does forward avoid randomness of its own?",
     "generation.greedy": "Each new token is the argmax (temperature 0) of the logits at the last position of the "

@@ -33,7 +33,7 @@ from glassgpt.config import TrainConfig
 from glassgpt.data.loader import TokenLoader
 from glassgpt.errors import UsageError
 from glassgpt.model.config import GPTConfig
-from glassgpt.model.gpt import GPT
+from glassgpt.model.gpt import GPT, head_is_tied
 from glassgpt.see.registry import check_patterns
 from glassgpt.see.tracer import StatsTracer, TensorStats
 from glassgpt.tokenizer import Tokenizer
@@ -199,7 +199,7 @@ def group_labels(model: GPT, optimizers) -> dict[str, str]:
         kind = "Muon" if isinstance(optimizer, Muon) else "AdamW"
         for group in optimizer.param_groups:
             for p in group["params"]:
-                labels[names[id(p)]] = f"{kind} · {parameter_role(names[id(p)], p, model.lm_head is None)}"
+                labels[names[id(p)]] = f"{kind} · {parameter_role(names[id(p)], p, head_is_tied(model))}"
     return labels
 
 

@@ -67,24 +67,25 @@ def resumed_config(run: str, flags: dict, implied: dict | None = None, implied_b
     checked (a preset that disagrees with the run is an error), never applied, so that the
     saved run, not the preset, decides everything from its step count to its architecture.
     """
-    from glassgpt.config import apply, canonical_key
+    from glassgpt.config import TRAIN_FIELDS, apply, canonical_key
 
     run_dir = paths.run_dir(run)
     saved = read_run_config(run_dir)
     config = TrainConfig(**{k: v for k, v in saved["train"].items() if k in {f.name for f in dataclasses.fields(TrainConfig)}})
+    built = saved.get("model", {})  # the whole architecture, derived fields included
+
+    def value_of(candidate: TrainConfig, name: str):
+        """What the run computes with: a training field, or the model field as built."""
+        if name in TRAIN_FIELDS:
+            return getattr(candidate, name)
+        return candidate.model.get(name, built.get(name))
+
     changed = apply(config, flags)
-    resolved = saved.get("runtime", {})
-    if (changed.dtype == "auto" and resolved.get("dtype")
-            and devices.resolve_device(changed.device).type == resolved.get("device")):
-        # Keep the number format the run trained with: re-measuring could pick the other one on a
-        # busy machine, and the continuation would then no longer be exact.
-        changed = dataclasses.replace(changed, dtype=resolved["dtype"])
     for key in flags:
         name = canonical_key(key)
         if name == "run":
             continue
-        before = getattr(config, name, config.model.get(name))
-        after = getattr(changed, name, changed.model.get(name))
+        before, after = value_of(config, name), value_of(changed, name)
         if before != after and name not in RESUME_OVERRIDABLE:
             raise UsageError(
                 f"--{name.replace('_', '-')} differs from the run's saved config ({before!r} → {after!r}); "
@@ -98,13 +99,30 @@ def resumed_config(run: str, flags: dict, implied: dict | None = None, implied_b
             for field_name in ([name] if name else [canonical_key(k) for k in implied["model"]]):
                 if field_name in RESUME_OVERRIDABLE or field_name in given or field_name == "run":
                     continue
-                before = getattr(config, field_name, config.model.get(field_name))
-                after = getattr(would_be, field_name, would_be.model.get(field_name))
+                before, after = value_of(config, field_name), value_of(would_be, field_name)
                 if before != after:
                     raise UsageError(
                         f"{implied_by} sets --{field_name.replace('_', '-')} {after!r}, but run {run!r} was trained "
                         f"with {before!r}; --resume continues the saved config: drop {implied_by.split()[0]}")
     return changed.validate()
+
+
+def kept_dtype(run_dir: Path, config: TrainConfig) -> str | None:
+    """The number format a resumed `--dtype auto` run keeps: what auto chose when the run started.
+
+    Choosing again could pick the other format on a busy machine, and the continuation would then
+    not be exact. It is not kept on another kind of device, nor as bf16 on a CPU without bf16
+    instructions (the run moved to a machine where bf16 would be emulated, ~100x slower).
+    """
+    if config.dtype != "auto":
+        return None
+    started = read_run_config(run_dir).get("runtime", {})
+    device = devices.resolve_device(config.device)
+    if started.get("dtype") not in ("fp32", "bf16") or started.get("device") != device.type:
+        return None
+    if started["dtype"] == "bf16" and device.type == "cpu" and devices.cpu_has_native_bf16() is False:
+        return None
+    return started["dtype"]
 
 
 def read_run_config(run_dir: Path) -> dict:
@@ -210,9 +228,12 @@ class StopRequest:
 def train(config: TrainConfig, resume: bool = False) -> TrainResult:
     """Train (or continue training) the run described by `config`."""
     out = ui.console()
-    runtime = devices.setup(config.device, config.dtype)
-    say = out.print if runtime.is_main else (lambda *a, **k: None)
     run_dir = paths.run_dir(config.run)
+    kept = kept_dtype(run_dir, config) if resume else None
+    runtime = devices.setup(config.device, kept or config.dtype)
+    if kept:
+        runtime.dtype_reason = "kept from the run's start with --dtype auto; --dtype fp32 or bf16 changes it"
+    say = out.print if runtime.is_main else (lambda *a, **k: None)
     try:
         if not resume and (run_dir / "config.json").exists():
             if checkpoint.latest(run_dir) is not None:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from glassgpt.errors import UsageError
+from glassgpt.model.gpt import head_is_tied
 
 # Quintic Newton-Schulz coefficients (Keller Jordan's Muon): chosen to push singular values
 # towards 1 as fast as possible in 5 steps, accepting that they land in roughly [0.7, 1.2].
@@ -106,7 +107,7 @@ def build_optimizers(model: torch.nn.Module, settings: OptimizerSettings) -> lis
         raise UsageError(f"optimizer must be auto, muon or adamw, not {settings.kind!r}")
 
     width_scale = (model.config.n_embd / 768) ** -0.5
-    tied = model.lm_head is None or model.lm_head.weight is model.wte.weight  # nanoGPT ties by assignment
+    tied = head_is_tied(model)
     matrices = [p for n, p in named.items() if is_block_matrix(n, p)]
     embeddings = [p for n, p in named.items() if n in ("wte.weight", "wpe.weight") and not (tied and n == "wte.weight")]
     # A tied matrix is also the head, and the head needs the small step: a large one swings all logits.
