@@ -22,7 +22,6 @@ from dataclasses import dataclass
 
 import torch
 
-from glassgpt.allocator import tune_allocator  # noqa: F401 (kept importable from here)
 from glassgpt.errors import GlassError, UsageError
 
 

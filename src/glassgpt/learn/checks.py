@@ -33,10 +33,6 @@ from glassgpt.model.gpt import GPT, head_is_tied, rotary_tables
 from glassgpt.see.registry import explain, grader_hint
 from glassgpt.train.optim import OptimizerSettings, build_optimizers
 
-def optimizer_hint(family: str) -> str:
-    return f"{grader_hint('optimizer.check')} {grader_hint(f'optimizer.{family}')}"
-
-
 # How close is close enough, per check and per quantity, as (atol, rtol): a value passes when
 # |got - expected| ≤ atol + rtol · |expected|. Each fits its numerics in fp32 and sits 10x or more
 # above the largest error of a correct implementation written differently from the reference (the
@@ -667,7 +663,7 @@ def _learner_optimizers(ctx: Context, model, **kwargs):
     if isinstance(optimizers, torch.optim.Optimizer):
         optimizers = [optimizers]
     grouped = [p for o in optimizers for g in o.param_groups for p in g["params"]]
-    hint = optimizer_hint(ctx.family)
+    hint = grader_hint(f"optimizer.{ctx.family}")
     if len(grouped) != len(set(map(id, grouped))):
         raise CheckFailed("a parameter is in two optimiser groups", hint=hint)
     if len(grouped) != len(list(model.parameters())):
@@ -702,7 +698,7 @@ def check_optimizer(ctx: Context):
         for name, p in reference.named_parameters():
             fail_unless(ctx.compare(f"{name} after optimiser step {step}", p, learned[name],
                                     TOLERANCES["optimizer.step"]["parameter"]),
-                        hint=optimizer_hint(ctx.family))
+                        hint=grader_hint(f"optimizer.{ctx.family}"))
 
 
 def training_batches(config: GPTConfig, steps: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

@@ -32,11 +32,8 @@ import torch
 from glassgpt.see.registry import Explanation, pattern_of
 from glassgpt.see.trace import StepTrace, TraceReport
 from glassgpt.see.tracer import TensorStats
-from glassgpt.see.walkthrough import Entry, Section
+from glassgpt.see.walkthrough import COMPONENTS, Entry, Section
 
-GRID_LIMIT = 16  # the walk-through draws the mask as a grid up to this many positions
-COMPONENTS = [("attn c_q", "attn.c_q"), ("attn c_k", "attn.c_k"), ("attn c_v", "attn.c_v"),
-              ("attn c_proj", "attn.c_proj"), ("mlp c_fc", "mlp.c_fc"), ("mlp c_proj", "mlp.c_proj")]
 PALETTE = ["#3b6fb6", "#d9822b", "#2e9e6a", "#b8415b", "#7a5cc2", "#8c7a3a", "#3aa0b8", "#c25ca5"]
 
 

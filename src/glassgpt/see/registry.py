@@ -507,7 +507,6 @@ _GRADER_HINTS: dict[str, str] = {
                           "lm_head at unembedding_lr · s, with s = (n_embd / 768) ** -0.5.",
     "optimizer.gpt2": "One AdamW(lr=lr, betas=(0.9, 0.95), eps=1e-10), with weight_decay for the 2-D weights and "
                       "0 for the 1-D ones (biases, norm gains).",
-    "optimizer.check": "Check this parameter's group:",
     "training.curve": "One step matched, but the curves part: does setup_optimizers use the learning rates it is "
                       "given (the training check passes its own), and does forward avoid randomness of its own?",
     "generation.greedy": "Each new token is the argmax (temperature 0) of the logits at the last position of the "

@@ -154,6 +154,7 @@ def build(report: TraceReport, only: list[str] | None = None) -> list[Section]:
 
 
 TOKEN_ROWS = 16  # token ids shown in the table; the JSON has all of them
+MASK_GRID_LIMIT = 16  # the causal mask is drawn as a grid up to this many positions, described beyond
 
 
 def _block_sections(report: TraceReport, step: StepTrace, i: int, tensor, want, zero_init) -> list[Section]:
@@ -193,7 +194,7 @@ def _block_sections(report: TraceReport, step: StepTrace, i: int, tensor, want, 
     masked = tensor(p + "attn.scores_masked", _mask_note(stats.get(p + "attn.scores_masked")))
     if masked is not None and masked.stats is not None:
         T = masked.stats.shape[-1]
-        if T <= 16:
+        if T <= MASK_GRID_LIMIT:
             masked.grid = [[1 if k <= q else 0 for k in range(T)] for q in range(T)]
         else:
             masked.notes.append(f"{T} x {T}: row q keeps keys 0 to q, the {T * (T - 1) // 2:,} entries above the "
@@ -247,6 +248,7 @@ def _rope_section(report: TraceReport) -> Section:
     return Section("rope", "Rotary position embedding", None, [entry])
 
 
+# The weight matrices of a block, as (label, path under blocks.<i>.): the gradient tables and charts.
 COMPONENTS = [("c_q", "attn.c_q"), ("c_k", "attn.c_k"), ("c_v", "attn.c_v"), ("c_proj", "attn.c_proj"),
               ("c_fc", "mlp.c_fc"), ("mlp c_proj", "mlp.c_proj")]
 
