@@ -27,6 +27,7 @@ import glassgpt.model.gpt as reference
 from glassgpt.allocator import tune_allocator
 from glassgpt.model.config import GPTConfig
 from glassgpt.train.optim import OptimizerSettings, build_optimizers
+from glassgpt.train.step import train_step
 
 
 class StripTaps(ast.NodeTransformer):
@@ -82,14 +83,10 @@ def main() -> int:
         batch = batches[i % len(batches)]
         for name, model in (list(models.items()) if i % 2 else list(models.items())[::-1]):
             started = time.perf_counter()
-            loss = model(batch[:, :-1], batch[:, 1:])
-            loss.backward()
-            for optimizer in optimizers[name]:
-                optimizer.step()
-            model.zero_grad(set_to_none=True)
+            result = train_step(model, optimizers[name], [(batch[:, :-1], batch[:, 1:])])
             if i >= 3:  # warm-up steps are not timed
                 times[name].append(time.perf_counter() - started)
-            losses[name].append(loss.item())
+            losses[name].append(result.loss)
     assert losses["with trace points"] == losses["without trace points"], "the two models computed different things"
     medians = {name: statistics.median(t) * 1000 for name, t in times.items()}
     tokens = args.batch_size * args.seq_len

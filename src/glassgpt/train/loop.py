@@ -1,10 +1,13 @@
-"""The training loop: data → tokenizer → shards → model → steps → evals → checkpoints.
+"""The training loop, the same for every stage: data → model → steps → evals → checkpoints.
 
     step k:  lr = initial_lr x lr_multiplier(k)
-             accumulate gradients over grad_accum_steps micro-batches (= total_batch_size tokens)
-             clip the global gradient norm, optimiser step, zero the gradients
-             every eval_every steps: val bits per byte on the whole val split, and samples
+             train_step over grad_accum_steps micro-batches (= total_batch_size tokens): the loss
+             is the mean over the step's counted targets; clip; optimiser step (train/step.py)
+             every eval_every steps: val loss and bits per byte on the stage's val split, and samples
              every checkpoint_every steps: an atomic checkpoint
+
+What a stage trains on (a corpus, or a conversation mixture packed or padded into rows) comes
+from `train/stages.py`; the run folder's files are written through `runs.RunFolder`.
 
 Resuming restores the weights, optimiser state, loader cursor and RNG state of the newest
 checkpoint, so the continued run computes exactly what an uninterrupted one would have. The first
@@ -14,12 +17,8 @@ at once.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import math
-import os
-import re
 import shutil
 import signal
 import threading
@@ -29,18 +28,16 @@ from pathlib import Path
 
 import torch
 
-from glassgpt import __version__, atomic, device as devices, paths, ui
+from glassgpt import __version__, device as devices, paths, ui
 from glassgpt.config import TrainConfig
-from glassgpt.data import shards as token_shards
-from glassgpt.data import sources
-from glassgpt.data.loader import TokenLoader
-from glassgpt.engine import Engine, complete
+from glassgpt.data.prepare import barrier
 from glassgpt.errors import GlassError, UsageError
-from glassgpt.evals.bpb import evaluate_bpb
+from glassgpt.evals.bpb import evaluate as evaluate_batches
 from glassgpt.model.gpt import GPT
-from glassgpt.tokenizer import Tokenizer, tokenizer_path, train_and_save
-from glassgpt.train import checkpoint
-from glassgpt.train.optim import build_optimizers, lr_multiplier, muon_momentum, set_learning_rates
+from glassgpt.runs import RunFolder, check_writable, checkpoint_of, read_run_config
+from glassgpt.train import checkpoint, stages
+from glassgpt.train.optim import build_optimizers, lr_multiplier, muon_momentum
+from glassgpt.train.step import train_step
 
 # Fields that may change when a run is resumed: they do not change what the run computes (except
 # max_steps, which lengthens the schedule; the continuation is then exact only up to that change).
@@ -125,76 +122,6 @@ def kept_dtype(run_dir: Path, config: TrainConfig) -> str | None:
     return started["dtype"]
 
 
-def read_run_config(run_dir: Path) -> dict:
-    path = run_dir / "config.json"
-    if not path.exists():
-        runs = sorted(p.name for p in paths.runs_dir().glob("*") if (p / "config.json").exists())
-        listing = f"; existing runs: {', '.join(runs[:10])}" if runs else "; no runs yet (glassgpt train --run NAME)"
-        raise GlassError(f"no run named {run_dir.name!r} in {paths.runs_dir()}{listing}")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as error:
-        raise GlassError(f"{path} is damaged ({error})") from None
-
-
-def check_writable(path: Path) -> None:
-    """Fail before doing any work if `path` could not be created or written."""
-    probe = path
-    while not probe.exists():
-        probe = probe.parent
-    if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
-        raise GlassError(f"cannot write to {path}: {probe} is not a writable folder "
-                         "(set GLASSGPT_HOME to a folder you can write to)")
-
-
-# -- data and tokenizer --------------------------------------------------------------------------
-
-
-def default_tokenizer_name(corpus: sources.Corpus, vocab_size: int) -> str:
-    return f"{corpus.key}-{vocab_size}"
-
-
-def prepare_tokenizer(config: TrainConfig, corpus: sources.Corpus, say=print) -> Tokenizer:
-    """The run's tokenizer: the named one, or the corpus's default one (trained if missing)."""
-    name = config.tokenizer or default_tokenizer_name(corpus, config.vocab_size)
-    path = tokenizer_path(name)
-    if path.exists():
-        tokenizer = Tokenizer.load(path)
-    elif config.tokenizer:
-        raise GlassError(f"no tokenizer named {name!r}; train it with: glassgpt tokenizer train "
-                         f"--data {config.data} --vocab-size {config.vocab_size} --name {name}")
-    else:
-        started = time.perf_counter()
-        tokenizer = train_and_save(name, corpus.train(), config.vocab_size)
-        say(f"trained tokenizer [bold]{name}[/] (vocab {tokenizer.vocab_size:,}) in "
-            f"{time.perf_counter() - started:.1f}s → {path}")
-    if tokenizer.vocab_size != config.vocab_size:
-        raise UsageError(f"tokenizer {name!r} has {tokenizer.vocab_size:,} tokens but --vocab-size is "
-                         f"{config.vocab_size:,}; make them agree")
-    return tokenizer
-
-
-def prepare_data(config: TrainConfig, runtime: devices.Runtime, say=print):
-    """(corpus, tokenizer, shards). Rank 0 downloads and tokenises; the others wait, then read."""
-    corpus = sources.resolve(config.data)
-    if runtime.is_main:
-        corpus.prepare()
-        tokenizer = prepare_tokenizer(config, corpus, say)
-        data = token_shards.load_or_build(corpus, tokenizer, on_build=lambda m: say(m + " …"))
-    _barrier(runtime)
-    if not runtime.is_main:
-        tokenizer = prepare_tokenizer(config, corpus, say)
-        data = token_shards.load_or_build(corpus, tokenizer)
-    return corpus, tokenizer, data
-
-
-def _barrier(runtime: devices.Runtime) -> None:
-    if runtime.distributed:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
 # -- stopping cleanly -------------------------------------------------------------------------------
 
 
@@ -239,7 +166,7 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             if checkpoint.latest(run_dir) is not None:
                 raise UsageError(f"run {config.run!r} already exists in {run_dir.parent}; add --resume to continue "
                                  "it, or choose another --run")
-            _barrier(runtime)  # every rank has looked before rank 0 clears the folder
+            barrier(runtime)  # every rank has looked before rank 0 clears the folder
             if runtime.is_main:  # an attempt that stopped before its first checkpoint holds nothing to keep
                 say(f"[yellow]note[/]: run {config.run!r} has no checkpoint (an earlier attempt stopped before "
                     "saving one); starting it afresh")
@@ -263,15 +190,18 @@ def _train(config: TrainConfig, resume: bool, runtime: devices.Runtime, run_dir:
     """The run itself, once `train` has settled that the run folder may be written."""
     tokens_per_pass = config.device_batch_size * config.seq_len * runtime.world_size
     grad_accum_steps = grad_accumulation_steps(config.total_batch_size, tokens_per_pass)  # fail before any work
-    corpus, tokenizer, data = prepare_data(config, runtime, say)
-    model_config = config.model_config(tokenizer.vocab_size)
+    eval_batch = config.eval_batch_size or 4 * config.device_batch_size
+    saved = read_run_config(run_dir) if resume else None
+    data = stages.prepare(config, runtime, eval_batch, say, saved)
+    model_config = config.model_config(data.tokenizer.vocab_size)
     model = build_model(config, model_config, runtime.device, say)
+    if data.parent and not resume:  # a chat stage starts from its parent's final weights
+        checkpoint.load_weights(checkpoint_of(data.parent["run"]), model)
     torch.manual_seed(config.seed)  # the data order and dropout: the same whichever model was built
     optimizers = build_optimizers(model, config.optimizer_settings())
-    loader = TokenLoader(data.train, config.device_batch_size, config.seq_len, config.seed,
-                         runtime.rank, runtime.world_size, runtime.device)
+    loader = data.loader
 
-    start_step, train_seconds, last_bpb = 0, 0.0, None
+    start_step, train_seconds, last_eval = 0, 0.0, None
     if resume:
         folder = checkpoint.latest(run_dir)
         state = checkpoint.read_state(folder)
@@ -279,7 +209,8 @@ def _train(config: TrainConfig, resume: bool, runtime: devices.Runtime, run_dir:
         checkpoint.load_optimizers(folder, optimizers)
         loader.load_state_dict(state["loader"])
         checkpoint.restore_rng(state, runtime.rank)
-        start_step, train_seconds, last_bpb = state["step"], state.get("train_seconds", 0.0), state.get("val_bpb")
+        start_step, train_seconds = state["step"], state.get("train_seconds", 0.0)
+        last_eval = state.get("val")
         if state.get("world_size", 1) != runtime.world_size:
             say(f"[yellow]note[/]: the run was trained on {state.get('world_size', 1)} process(es), now "
                 f"{runtime.world_size}: it goes on, but batches are cut differently, so it is no longer an exact "
@@ -289,119 +220,106 @@ def _train(config: TrainConfig, resume: bool, runtime: devices.Runtime, run_dir:
                              f"{config.max_steps}; pass a larger --max-steps to train further")
         say(f"resuming [bold]{config.run}[/] from step {start_step} ({folder.name})")
 
+    folder_writer = RunFolder(run_dir)
     n_params = sum(p.numel() for p in model.parameters())
     if runtime.is_main:
-        _write_run_files(run_dir, config, model_config, tokenizer, corpus, data, resume, start_step, runtime)
+        folder_writer.start(_run_record(config, model_config, data, runtime), data.tokenizer,
+                            start_step if resume else None)
         say(f"model: {model_config.family} family, depth {model_config.n_layer}, width {model_config.n_embd}, "
             f"{model_config.n_head} heads ({model_config.n_kv_head} kv) of {model_config.head_dim}, "
-            f"{n_params:,} parameters")
-        say(f"data: {corpus.key}: {data.meta['train_tokens']:,} train / {data.meta['val_tokens']:,} val tokens "
-            f"({data.meta['train_bytes'] / max(1, data.meta['train_tokens']):.2f} bytes/token)")
+            f"{n_params:,} parameters" + (f"; stage {config.stage}" if config.stage != "base" else ""))
+        for line in data.summary:
+            say(line)
         say(f"steps: {config.max_steps} x {tokens_per_pass * grad_accum_steps:,} tokens "
             f"({config.device_batch_size} x {config.seq_len} x {runtime.world_size} device(s) x "
             f"{grad_accum_steps} accumulation); {runtime.device.type}, {runtime.dtype} ({runtime.dtype_reason})")
 
-    trained_model = model
+    step_model = model
     if runtime.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
-        trained_model = DistributedDataParallel(model, device_ids=[runtime.local_rank] if runtime.device.type == "cuda" else None)
+        step_model = DistributedDataParallel(model, device_ids=[runtime.local_rank] if runtime.device.type == "cuda" else None)
     if config.compile:
-        trained_model = torch.compile(trained_model)
+        step_model = torch.compile(step_model)
 
-    token_bytes = tokenizer.token_bytes()
-    eval_batch = config.eval_batch_size or 4 * config.device_batch_size
-    metrics_path = run_dir / "metrics.jsonl"
+    token_bytes = data.tokenizer.token_bytes()
+    # A chat stage's loss counts only assistant tokens: say so where the numbers are printed.
+    counted = "" if config.stage == "base" else " (assistant tokens)"
 
-    def evaluate(step: int) -> float:
-        bpb = evaluate_bpb(model, data.val, token_bytes, config.seq_len, eval_batch, runtime.device,
-                           runtime.autocast, runtime.rank, runtime.world_size)
-        samples = write_samples(step) if runtime.is_main and config.sample_tokens else []
+    def evaluate(step: int) -> dict:
+        result = evaluate_batches(model, data.val_batches(), token_bytes, runtime.device, runtime.autocast,
+                                  runtime.world_size)
+        samples = data.samples(model, runtime.autocast) if runtime.is_main and config.sample_tokens else []
         if runtime.is_main:
-            _append_metrics(metrics_path, {"step": step, "val_bpb": bpb})
-            progress.print(f"[bold]step {step}[/]: val bits/byte [bold green]{bpb:.4f}[/]")
+            folder_writer.append_metrics({"step": step, **result.record()})
+            if samples:
+                folder_writer.append_samples(step, samples)
+            progress.print(f"[bold]step {step}[/]: val loss{counted} {result.loss:.4f}, "
+                           f"val bits/byte [bold green]{result.bpb:.4f}[/]")
             for prompt, text in samples:
-                progress.print(f"  [dim]{_one_line(prompt)}[/][italic]{_one_line(text)[:160]}[/]")
-        return bpb
-
-    def write_samples(step: int) -> list[tuple[str, str]]:
-        engine = Engine(model, runtime.autocast)
-        samples = [(prompt, complete(engine, tokenizer, prompt, config.sample_tokens, temperature=0.8,
-                                     top_k=50, seed=config.seed + i))
-                   for i, prompt in enumerate(corpus.sample_prompts)]
-        _append_text(run_dir / "samples.txt", f"=== step {step} ===\n" +
-                     "".join(f"{prompt}{text}\n---\n" for prompt, text in samples))
-        return samples
+                progress.print(f"  [dim]{_one_line(prompt)}[/][italic]{_one_line(text)[:160]}[/]", markup=True)
+        return result.record()
 
     def save(step: int) -> None:
         # Every rank draws its own dropout masks, so every rank's random state is saved.
         rng_by_rank = _gather(checkpoint.rng_state(), runtime)
         if runtime.is_main:
             checkpoint.save(run_dir, step, model, optimizers, {
-                "loader": loader.state_dict(), "train_seconds": train_seconds, "val_bpb": last_bpb,
-                "world_size": runtime.world_size,
+                "loader": loader.state_dict(), "train_seconds": train_seconds, "val": last_eval,
+                "val_bpb": (last_eval or {}).get("val_bpb"), "world_size": runtime.world_size,
                 **({"rng_by_rank": rng_by_rank} if runtime.distributed else {})}, keep=config.keep_checkpoints)
-        _barrier(runtime)
+        barrier(runtime)
 
     step, interrupted = start_step, False
     progress = ui.TrainingProgress(config.max_steps, start_step, config.log_every,
                                    ui.console() if runtime.is_main else _null_console())
     with StopRequest() as stop, progress:
         if step == 0 and config.eval_every:
-            last_bpb = evaluate(0)
+            last_eval = evaluate(0)
         while step < config.max_steps:
             started = time.perf_counter()
             multiplier = lr_multiplier(step, config.max_steps, config.warmup_steps, config.warmdown_ratio,
                                        config.final_lr_frac)
-            set_learning_rates(optimizers, multiplier, muon_momentum(step, config.muon_momentum_warmup))
-            loss_sum = torch.zeros((), device=runtime.device)
-            for micro_step in range(grad_accum_steps):
-                x, y = loader.next_batch()
-                sync = micro_step == grad_accum_steps - 1
-                with (contextlib.nullcontext() if sync or not runtime.distributed else trained_model.no_sync()):
-                    with runtime.autocast():
-                        loss = trained_model(x, y)
-                    (loss / grad_accum_steps).backward()
-                loss_sum += loss.detach()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or float("inf"))
-            for optimizer in optimizers:
-                optimizer.step()
-            model.zero_grad(set_to_none=True)
+            result = train_step(model, optimizers, [loader.next_batch() for _ in range(grad_accum_steps)],
+                                lr_multiplier=multiplier, muon_momentum=muon_momentum(step, config.muon_momentum_warmup),
+                                grad_clip=config.grad_clip, autocast=runtime.autocast, step_model=step_model,
+                                world_size=runtime.world_size)
             step += 1
-            train_loss = loss_sum.item() / grad_accum_steps
             elapsed = time.perf_counter() - started
             train_seconds += elapsed
-            if not math.isfinite(train_loss):
-                raise GlassError(f"the loss became {train_loss} at step {step}; lower the learning rates "
+            if not math.isfinite(result.loss):
+                raise GlassError(f"the loss became {result.loss} at step {step}; lower the learning rates "
                                  "(e.g. --matrix-lr, --adamw-lr) or enable --grad-clip; nothing was saved for this step")
             tokens_per_sec = tokens_per_pass * grad_accum_steps / elapsed
             if runtime.is_main:
-                _append_metrics(metrics_path, {
-                    "step": step, "loss": round(train_loss, 6), "lr_multiplier": round(multiplier, 6),
-                    "grad_norm": round(float(grad_norm), 6), "tokens_per_sec": round(tokens_per_sec, 1),
-                    "train_seconds": round(train_seconds, 3)})
-            progress.update(step, train_loss, tokens_per_sec)
+                folder_writer.append_metrics({
+                    "step": step, "loss": round(result.loss, 6), "lr_multiplier": round(multiplier, 6),
+                    "grad_norm": round(result.grad_norm, 6), "tokens_per_sec": round(tokens_per_sec, 1),
+                    "counted_tokens": result.counted_tokens, "train_seconds": round(train_seconds, 3)})
+            progress.update(step, result.loss, tokens_per_sec)
             if config.eval_every and step % config.eval_every == 0 and step < config.max_steps:
-                last_bpb = evaluate(step)
+                last_eval = evaluate(step)
             if _agree(stop.requested, runtime):
                 interrupted = True
                 break
             if config.checkpoint_every and step % config.checkpoint_every == 0 and step < config.max_steps:
                 save(step)
         if not interrupted:  # the loop leaves the last step's evaluation to here
-            last_bpb = evaluate(step)
+            last_eval = evaluate(step)
         save(step)
 
+    last_bpb = (last_eval or {}).get("val_bpb")
     if runtime.is_main:
-        _plot(run_dir)
+        folder_writer.plot()
         if interrupted:
             command = (f"torchrun --standalone --nproc-per-node {runtime.world_size} -m glassgpt train "
                        f"--run-name {config.run} --resume" if runtime.distributed
                        else f"glassgpt train --run {config.run} --resume")
             say(f"[yellow]interrupted[/]: saved a checkpoint at step {step}. Resume with: [bold]{command}[/]")
         else:
+            loss = f"val loss{counted} {last_eval['val_loss']:.4f}, " if config.stage != "base" else ""
             say(f"[bold green]done[/]: {step} steps in {ui.format_duration(train_seconds)} of training; "
-                f"val bits/byte [bold]{last_bpb:.4f}[/]; run saved in {run_dir}")
+                f"{loss}val bits/byte [bold]{last_bpb:.4f}[/]; run saved in {run_dir}")
     return TrainResult(run_dir, step, last_bpb, interrupted, train_seconds)
 
 
@@ -455,55 +373,26 @@ def _agree(flag: bool, runtime: devices.Runtime) -> bool:
     return bool(tensor.item())
 
 
-def _write_run_files(run_dir, config, model_config, tokenizer, corpus, data, resume, start_step, runtime) -> None:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(run_dir / "config.json", json.dumps({
+def _run_record(config: TrainConfig, model_config, data: stages.StageData, runtime: devices.Runtime) -> dict:
+    """config.json: everything that says what the run is and how it was made."""
+    return {
         "train": config.to_dict(), "model": model_config.to_dict(),
-        "tokenizer": {"name": config.tokenizer or default_tokenizer_name(corpus, config.vocab_size),
-                      "fingerprint": tokenizer.fingerprint, "vocab_size": tokenizer.vocab_size},
-        "data": {"corpus": corpus.key, **{k: data.meta[k] for k in ("train_tokens", "val_tokens", "train_bytes", "val_bytes")}},
+        "tokenizer": {"name": data.tokenizer_name, "fingerprint": data.tokenizer.fingerprint,
+                      "vocab_size": data.tokenizer.vocab_size},
+        "data": data.record,
+        **({"parent": data.parent, "identity": data.facts} if data.parent else {}),
         "model_file_sha256": _sha256_of(config.model_file) if config.model_file else None,
-        # What --device/--dtype auto resolved to: a resumed run keeps it (see resumed_config).
+        # What --device/--dtype auto resolved to: a resumed run keeps it (see kept_dtype).
         "runtime": {"device": runtime.device.type, "dtype": runtime.dtype, "dtype_reason": runtime.dtype_reason,
                     "world_size": runtime.world_size},
         "glassgpt": __version__, "torch": torch.__version__,
-    }, indent=2))
-    tokenizer.save(run_dir / "tokenizer.json")
-    metrics = run_dir / "metrics.jsonl"
-    if resume and metrics.exists():  # drop what was logged after the checkpoint we resume from
-        kept = [line for line in metrics.read_text().splitlines() if line and json.loads(line)["step"] <= start_step]
-        atomic.write_text(metrics, "".join(line + "\n" for line in kept))
-        samples = run_dir / "samples.txt"
-        if samples.exists():
-            atomic.write_text(samples, samples_up_to(samples.read_text(encoding="utf-8"), start_step))
-    elif not resume:
-        metrics.unlink(missing_ok=True)
-        (run_dir / "samples.txt").unlink(missing_ok=True)
-
-
-def samples_up_to(text: str, step: int) -> str:
-    """samples.txt without the evaluations after `step` (a resumed run writes them again)."""
-    sections = re.split(r"(?m)^(?==== step \d+ ===$)", text)
-    return "".join(s for s in sections if s and int(re.match(r"=== step (\d+) ===", s).group(1)) <= step)
+    }
 
 
 def _sha256_of(path: str) -> str:
     import hashlib
 
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def _append_metrics(path: Path, record: dict) -> None:
-    _append_text(path, json.dumps(record) + "\n")
-
-
-def _append_text(path: Path, text: str) -> None:
-    """Append whole records (a metrics line, one evaluation's samples): a reader never sees half."""
-    try:
-        with open(path, "a", encoding="utf-8") as file:
-            file.write(text)
-    except OSError as error:
-        raise GlassError(f"cannot write {path}: {error.strerror or error} (is the disk full?)") from None
 
 
 def _one_line(text: str) -> str:
@@ -514,32 +403,3 @@ def _null_console():
     from rich.console import Console
 
     return Console(quiet=True)
-
-
-def _plot(run_dir: Path) -> None:
-    """plots/loss.png: training loss per step and val bits per byte at each evaluation."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
-    train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-    val = [(r["step"], r["val_bpb"]) for r in records if "val_bpb" in r]
-    figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
-    if train:
-        steps, losses = zip(*train)
-        left.plot(steps, losses, lw=0.8, color="tab:blue")
-        left.set(xlabel="step", ylabel="train loss (nats/token)", title="training loss")
-    if val:
-        steps, bpbs = zip(*val)
-        right.plot(steps, bpbs, "o-", color="tab:green")
-        right.set(xlabel="step", ylabel="val bits per byte", title="validation (whole val split)")
-    for axis in (left, right):
-        axis.grid(alpha=0.3)
-    figure.suptitle(run_dir.name)
-    figure.tight_layout()
-    target = run_dir / "plots" / "loss.png"
-    with atomic.atomic_path(target) as tmp:
-        figure.savefig(tmp, format="png", dpi=110)
-    plt.close(figure)

@@ -1,0 +1,1 @@
+"""Conversations: the format, rendering to ids and a loss mask, and views of them."""
