@@ -15,6 +15,12 @@ What a page can say to this test (and to its reader):
 - `<!-- doc-test: cp tests/fixtures/X.py my_gpt.py -->` (an HTML comment, invisible on the page):
   a setup step for the test only, e.g. standing in for the reader's finished exercise. The source
   path is relative to the repository.
+- a command ending with ` &` (`glassgpt serve --run x &`): a server the next commands talk to. It
+  starts as a process of its own (`python -m glassgpt ...`, with the page's environment) on a
+  free port that replaces its documented `--port` (default 8000) in it and in the
+  `127.0.0.1:PORT` / `localhost:PORT` of the page's later commands; the next command runs once
+  its `/health` answers (at most 60 s). At the end of the page it gets Ctrl-C (SIGINT) and must
+  exit with status 0. `curl` is one of the shell verbs, to call such a server.
 
 These adaptations keep CI fast and hermetic, and are the only ones: training commands run with
 --max-steps capped at MAX_STEPS and `glassgpt bench` times one small step and a few tokens (we
@@ -33,8 +39,12 @@ import os
 import re
 import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,11 +54,13 @@ from conftest import MIRROR, REPO
 
 MAX_STEPS = 3
 PROGRAMS = ("glassgpt", "torchrun", "python benchmarks/")
-SHELL_VERBS = ("printf ", "mkdir ", "cp ", "grep ", "head ", "cat ", "ls ")
+SHELL_VERBS = ("printf ", "mkdir ", "cp ", "grep ", "head ", "cat ", "ls ", "curl ")
 DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
 BLOCKS = ("```bash", "```sh", "```shell")
 ENV_PREFIX = re.compile(r"^((?:[A-Z_][A-Z0-9_]*=\S*\s+)+)")
 NOT_RUN = "# not run by the tests:"
+SERVE_PORT = 8000  # glassgpt serve's default --port
+ADDRESS = re.compile(r"\b(127\.0\.0\.1|localhost):(\d+)")
 
 
 @dataclass
@@ -56,6 +68,7 @@ class Command:
     text: str
     expected_exit: int = 0
     setup: bool = False  # a doc-test directive, not shown to readers
+    background: bool = False  # `command &`: a server for the commands after it
 
 
 def commands_in(path: Path) -> list[Command]:
@@ -77,9 +90,11 @@ def commands_in(path: Path) -> list[Command]:
         exits = re.search(r"\bexits (\d+)", comment)
         for part in (p.strip() for p in line.strip().split("&&")):
             part = re.sub(r"^\.venv/bin/", "", part)
+            background = part.endswith(" &")
+            part = part[:-2].rstrip() if background else part
             program = ENV_PREFIX.sub("", part)
             if program.startswith(PROGRAMS + SHELL_VERBS + ("export ",)) or program == "glassgpt":
-                commands.append(Command(part, int(exits.group(1)) if exits else 0))
+                commands.append(Command(part, int(exits.group(1)) if exits else 0, background=background))
     return commands
 
 
@@ -194,6 +209,54 @@ def run_setup(directive: str, cwd: Path) -> None:
     shutil.copy(REPO / args[0], cwd / args[1])
 
 
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def with_ports(command: str, ports: dict[int, int]) -> str:
+    """`command` with the documented ports of the page's servers replaced by the ones they got."""
+    return ADDRESS.sub(lambda m: f"{m.group(1)}:{ports.get(int(m.group(2)), m.group(2))}", command)
+
+
+def start_server(argv: list[str], env: dict, cwd: Path, ports: dict[int, int], page: str) -> subprocess.Popen:
+    """Start a documented background server on a free port; return once its /health answers."""
+    argv, port = list(argv), free_port()
+    if "--port" in argv:
+        ports[int(argv[argv.index("--port") + 1])] = port
+        argv[argv.index("--port") + 1] = str(port)
+    else:
+        ports[SERVE_PORT] = port
+        argv += ["--port", str(port)]
+    process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as response:
+                if response.status == 200:
+                    return process
+        except OSError:
+            pass
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            out, err = process.communicate()
+            raise AssertionError(f"{page}: `{' '.join(argv)}` did not start serving:\n{out[-2000:]}\n{err[-2000:]}")
+        time.sleep(0.2)
+
+
+def stop_server(process: subprocess.Popen, page: str) -> None:
+    """Ctrl-C, as a reader would; the server must stop cleanly (exit 0)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+    try:
+        out, err = process.communicate(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        out, err = process.communicate()
+    assert process.returncode == 0, f"{page}: a server exited {process.returncode} on Ctrl-C:\n{err[-2000:]}"
+
+
 def test_every_documented_file_has_commands():
     assert (REPO / "docs").is_dir()
     for path in DOC_FILES:
@@ -224,29 +287,51 @@ def test_the_harness_reads_exit_codes_reasons_and_setup(tmp_path):
     assert steps == {"quickstart": 600}
 
 
+def test_the_harness_starts_servers_in_the_background_and_rewrites_their_ports(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("```bash\nglassgpt serve --run x &\ncurl -s http://127.0.0.1:8000/health\n"
+                    "glassgpt serve --run y --port 8080 &\n```\n")
+    commands = commands_in(page)
+    assert [(c.text, c.background) for c in commands] == [
+        ("glassgpt serve --run x", True), ("curl -s http://127.0.0.1:8000/health", False),
+        ("glassgpt serve --run y --port 8080", True)]
+    assert to_process(commands[1].text, {"GLASSGPT_HOME": "/h"})[0][:2] == ["bash", "-c"]
+    assert with_ports("curl localhost:8000/v1 http://127.0.0.1:8080/ x:8000", {8000: 1234}) == \
+        "curl localhost:1234/v1 http://127.0.0.1:8080/ x:8000"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", DOC_FILES, ids=lambda p: str(p.relative_to(REPO)))
 def test_documented_commands_run(path, tmp_path, warm_cache, monkeypatch, capsys):
     shutil.copytree(warm_cache, tmp_path / "home")
     env = {**os.environ, "GLASSGPT_HOME": str(tmp_path / "home"), "NO_COLOR": "1"}
     trained_to: dict[str, int] = {}
-    for command in commands_in(path):
-        if not command.setup and not command.text.startswith("export "):
-            check_resume_goes_further(shlex.split(ENV_PREFIX.sub("", command.text)), trained_to, path.name)
-        if command.setup:
-            run_setup(command.text, tmp_path)
-            continue
-        if command.text.startswith("export "):
-            name, _, value = command.text[len("export "):].partition("=")
-            if name != "GLASSGPT_DATA_MIRROR":  # the tests already point at the mirror
-                env[name] = os.path.expandvars(value.strip("'\""))
-            continue
-        argv, command_env = to_process(command.text, env)
-        if argv[1:3] == ["-m", "glassgpt"]:
-            code, out, err = run_in_process(argv[3:], command_env, tmp_path, monkeypatch, capsys)
-        else:
-            result = subprocess.run(argv, capture_output=True, text=True, env=command_env, cwd=tmp_path, timeout=600)
-            code, out, err = result.returncode, result.stdout, result.stderr
-        assert code == command.expected_exit, (
-            f"{path.name}: `{command.text}` exited {code}, expected {command.expected_exit}:\n"
-            f"{out[-2000:]}\n{err[-2000:]}")
+    servers: list[subprocess.Popen] = []  # the page's `command &` servers, stopped at its end
+    ports: dict[int, int] = {}  # documented port → the free port its server got
+    try:
+        for command in commands_in(path):
+            if not command.setup and not command.text.startswith("export "):
+                check_resume_goes_further(shlex.split(ENV_PREFIX.sub("", command.text)), trained_to, path.name)
+            if command.setup:
+                run_setup(command.text, tmp_path)
+                continue
+            if command.text.startswith("export "):
+                name, _, value = command.text[len("export "):].partition("=")
+                if name != "GLASSGPT_DATA_MIRROR":  # the tests already point at the mirror
+                    env[name] = os.path.expandvars(value.strip("'\""))
+                continue
+            argv, command_env = to_process(with_ports(command.text, ports), env)
+            if command.background:
+                servers.append(start_server(argv, command_env, tmp_path, ports, path.name))
+                continue
+            if argv[1:3] == ["-m", "glassgpt"]:
+                code, out, err = run_in_process(argv[3:], command_env, tmp_path, monkeypatch, capsys)
+            else:
+                result = subprocess.run(argv, capture_output=True, text=True, env=command_env, cwd=tmp_path, timeout=600)
+                code, out, err = result.returncode, result.stdout, result.stderr
+            assert code == command.expected_exit, (
+                f"{path.name}: `{command.text}` exited {code}, expected {command.expected_exit}:\n"
+                f"{out[-2000:]}\n{err[-2000:]}")
+    finally:
+        for process in servers:
+            stop_server(process, path.name)

@@ -132,7 +132,7 @@ GOOD = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "c
      "bad.jsonl:1: message 2 is from the user but should be from the assistant"),
     ("empty", [{"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": ""}]}], "empty content"),
     ("long", [{"messages": [{"role": "user", "content": "to be or not " * 40}, {"role": "assistant", "content": "yes"}]}],
-     "209 tokens long, more than the 65"),
+     "bad.jsonl:1: the conversation is 209 tokens, longer than a training row of 65 (--seq-len 64 + 1)"),
 ])
 def test_a_bad_conversation_file_is_one_line_exit_2_and_writes_nothing(base, glass_home, tmp_path, capsys,
                                                                       name, lines, fragment):
@@ -163,6 +163,7 @@ def _run_without_checkpoint(glass_home) -> None:
     (["--from", "base", "--data", "tinyshakespeare"], None, "give --mixture (see glassgpt data list), not --data"),
     (["--from", "base", "--depth", "4"], None, "--depth cannot be set with --stage"),
     ([], None, "add --from RUN"),
+    (["--from", "x"], None, "--from x and --run x name the same run"),
 ])
 def test_bad_stage_flags_are_one_line_exit_2_and_write_nothing(base, glass_home, capsys, flags, prepare, fragment):
     if prepare:
@@ -208,6 +209,20 @@ def test_sft_rows_hold_whole_conversations_and_mask_the_padding():
         ConversationLoader(_conversations([17]), batch_size=1, seq_len=15, pack=False)
 
 
+def test_the_epoch_plan_counts_the_rows_the_loader_really_makes():
+    conversations = _conversations([5, 9, 3, 16, 7, 11, 4, 6, 14, 2])
+    for pack in (True, False):
+        loader = ConversationLoader(conversations, batch_size=1, seq_len=15, seed=5, pack=pack)
+        rows, placed = loader.epoch_plan()
+        made = 0
+        while loader.epoch == 0 and loader.position < len(conversations):
+            loader._next_row()  # the epoch's last row goes on into the next epoch's conversations
+            made += 1
+        assert made == rows
+        total = sum(len(ids) for ids, _ in conversations)
+        assert placed == total if not pack else placed <= total
+
+
 def test_the_conversation_loader_state_resumes_the_same_batches():
     conversations = _conversations([5, 9, 3, 16, 7, 11, 4, 6])
     first = ConversationLoader(conversations, 2, 15, seed=3, pack=False)
@@ -222,8 +237,14 @@ def test_the_conversation_loader_state_resumes_the_same_batches():
 
 
 def test_validation_batches_cover_every_conversation_once_in_order():
-    conversations = _conversations([5, 9, 3])
-    batches = list(conversation_batches(conversations, seq_len=8, batch_size=2, pad_id=0))
-    assert [x.shape[0] for x, _ in batches] == [2, 1]
+    conversations = _conversations([5, 9, 3, 12, 4])
+    batches = list(conversation_batches(conversations, seq_len=11, batch_size=2, pad_id=0))
+    # rows of 12 tokens, in order: [5] (9 does not fit after it), [9 + 3], [12], [4]
+    assert [x.shape[0] for x, _ in batches] == [2, 2]
+    firsts = [row.tolist() for x, _ in batches for row in x]
+    assert [row[0] for row in firsts] == [0, 0, 0, 0]  # every row starts at a conversation
     learned = sum(int((y >= 0).sum()) for _, y in batches)
-    assert learned == sum(int(mask[1:9].sum()) for _, mask in conversations)
+    # every learned target counted once (each conversation's first token is never a target)
+    assert learned == sum(int(mask[1:].sum()) for _, mask in conversations)
+    sharded = [list(conversation_batches(conversations, 11, 1, 0, rank, 2)) for rank in (0, 1)]
+    assert sum(len(b) for b in sharded) == 4 and len(sharded[0]) == 2

@@ -448,7 +448,8 @@ def test_weights_repeat_whole_epochs_and_take_a_seeded_fraction():
 
 def test_val_ignores_weights_and_caps_each_task():
     built = mixtures.build("arithmetic:3,gsm8k:0.1,identity", "val")
-    assert built.counts == {"arithmetic": 200, "gsm8k": mixtures.VAL_CAP, "identity": 100}
+    assert mixtures.VAL_CAP < 200  # arithmetic and gsm8k have more val conversations than the cap
+    assert built.counts == {"arithmetic": mixtures.VAL_CAP, "gsm8k": mixtures.VAL_CAP, "identity": 100}
     with pytest.raises(ValueError, match="evaluation only"):
         mixtures.build("identity", "test")
 

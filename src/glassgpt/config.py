@@ -228,14 +228,15 @@ STAGES = ("base", "mid", "sft")
 # tokenizer and (by default) its context come from the --from run instead (see stage_fields).
 STAGE_DEFAULTS: dict[str, dict[str, Any]] = {
     "base": {},
-    # Midtraining teaches the chat format, tool calls and the tasks' skills on packed rows, at the
-    # base run's learning rates (nanochat does the same): a fresh optimiser, warmed down at the end.
-    "mid": dict(mixture="mid", device_batch_size=8, max_steps=400, warmdown_ratio=0.2, eval_every=100,
+    # Midtraining teaches the chat format, tool calls and the tasks' skills on packed rows, at
+    # glassgpt's default learning rates (the quickstart's; a --from run's own are not carried
+    # over): a fresh optimiser, warmed down at the end, as nanochat's midtraining does.
+    "mid": dict(mixture="mid", device_batch_size=8, max_steps=400, warmdown_ratio=0.2, eval_every=200,
                 checkpoint_every=100, sample_tokens=64),
     # SFT polishes whole conversations at a small, linearly decaying learning rate, so it adjusts the
     # model to the conversation boundaries without washing out what midtraining taught.
     "sft": dict(mixture="sft", device_batch_size=8, max_steps=150, matrix_lr=0.004, embedding_lr=0.04,
-                unembedding_lr=0.0008, scalar_lr=0.0008, adamw_lr=2e-4, warmdown_ratio=1.0, eval_every=50,
+                unembedding_lr=0.0008, scalar_lr=0.0008, adamw_lr=2e-4, warmdown_ratio=1.0, eval_every=75,
                 checkpoint_every=50, sample_tokens=64),
 }
 # The context the chat stages train at by default: conversations run longer than the quickstart's
@@ -436,6 +437,9 @@ def stage_fields(stage: str, given: dict[str, Any]) -> dict[str, Any]:
     from glassgpt.runs import checkpoint_of, read_run_config
 
     paths.check_name(parent, "run")
+    if parent == given.get("run"):
+        raise UsageError(f"--from {parent} and --run {parent} name the same run: a stage is a new run of its own; "
+                         f"give it another name, e.g. --run {parent}-{stage}")
     try:
         checkpoint_of(parent)  # the run exists and has weights to start from
     except GlassError as error:  # the user's flag names it, so a usage error (exit 2)

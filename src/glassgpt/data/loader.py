@@ -156,6 +156,21 @@ class ConversationLoader:
             learned = np.concatenate([learned, np.zeros(room, dtype=bool)])
         return np.where(learned, row, -1 - row)
 
+    def epoch_plan(self) -> tuple[int, int]:
+        """(rows, tokens placed in them) of one epoch in epoch 0's order, by the same rules as
+        `_next_row`: what the start-of-run summary reports (packing cuts the conversation that
+        ends a row, padding leaves rows short, so tokens / row length is not the answer)."""
+        rows, placed, room = 0, 0, 0
+        for index in self._epoch_order(0):
+            length = len(self.conversations[index][0])
+            if room and length > room and not self.pack:
+                room = 0  # padded: this conversation starts the next row
+            if not room:
+                rows, room = rows + 1, self.seq_len + 1
+            taken = min(length, room)
+            placed, room = placed + taken, room - taken
+        return rows, placed
+
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y), each (batch_size, seq_len) int64 on the loader's device; y is -1 where not learned."""
         rows = [self._next_row() for _ in range(self.batch_size * self.world_size)]
@@ -182,17 +197,30 @@ def rows_to_batch(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def conversation_batches(conversations: list[tuple[np.ndarray, np.ndarray]], seq_len: int, batch_size: int,
                          pad_id: int = 0, rank: int = 0, world_size: int = 1
                          ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """Every conversation once, in order, one per row (cut to a row if longer, padded if shorter):
-    the validation batches of a chat stage, the same for every evaluation. Rank r takes every
-    world_size-th batch."""
-    for batch_index, first in enumerate(range(0, len(conversations), batch_size)):
-        if batch_index % world_size != rank:
-            continue
-        rows = np.full((min(batch_size, len(conversations) - first), seq_len + 1), -1 - pad_id, dtype=np.int64)
-        for row, (ids, mask) in zip(rows, conversations[first:first + batch_size]):
-            ids, mask = ids[:seq_len + 1].astype(np.int64), mask[:seq_len + 1].astype(bool)
-            row[: len(ids)] = np.where(mask, ids, -1 - ids)
-        yield rows_to_batch(rows)
+    """Every conversation once, in order: the validation batches of a chat stage, the same for
+    every evaluation. Whole conversations share a row, as in SFT (most are far shorter than a row,
+    so one per row would spend most of the evaluation on padding); one longer than a row has a row
+    of its own, cut to it. Rank r takes every world_size-th batch."""
+    width = seq_len + 1
+    rows, row, room = [], [], width
+
+    def close() -> None:
+        nonlocal row, room
+        if row:
+            encoded = np.concatenate(row)
+            rows.append(np.concatenate([encoded, np.full(room, -1 - pad_id, dtype=np.int64)]))
+        row, room = [], width
+
+    for ids, mask in conversations:
+        ids, mask = ids[:width].astype(np.int64), mask[:width].astype(bool)
+        if len(ids) > room:
+            close()
+        row.append(np.where(mask, ids, -1 - ids))
+        room -= len(ids)
+    close()
+    for batch_index, first in enumerate(range(0, len(rows), batch_size)):
+        if batch_index % world_size == rank:
+            yield rows_to_batch(np.stack(rows[first:first + batch_size]))
 
 
 def _to_device(tensor: torch.Tensor, device) -> torch.Tensor:

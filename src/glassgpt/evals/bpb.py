@@ -21,6 +21,9 @@ import torch.nn.functional as F
 from glassgpt.data.loader import sequential_windows
 
 
+EVAL_TOKENS_PER_PASS = 8192  # rows x T per forward pass of an evaluation: bounds its memory
+
+
 def bits_per_byte(total_nats: float, total_bytes: int) -> float:
     """Pure arithmetic, kept apart so it can be tested on its own."""
     if total_bytes <= 0:
@@ -51,15 +54,21 @@ def evaluate(model, batches: Iterable[tuple[np.ndarray, np.ndarray]], token_byte
     model.eval()
     byte_table = torch.as_tensor(token_bytes, device=device)
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # nats, nats of text, bytes, targets
-    for x, y in batches:
-        x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
-        with autocast():
-            logits = model(x)  # (B, T, V): any model that maps ids to logits can be evaluated
-        losses = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1,
-                                 reduction="none").view(y.shape).double()  # (B, T), 0 where y == -1
-        target_bytes = torch.where(y >= 0, byte_table[y.clamp(min=0)], 0)  # (B, T)
-        sums += torch.stack([losses.sum(), losses[target_bytes > 0].sum(), target_bytes.sum().double(),
-                             (y != -1).sum().double()])
+    for x_all, y_all in batches:
+        # A few rows per forward: the logits (rows, T, V) and their float copies are the largest
+        # tensors of an evaluation, and a long context times a big eval batch would hold gigabytes.
+        rows = max(1, EVAL_TOKENS_PER_PASS // x_all.shape[1])
+        for first in range(0, x_all.shape[0], rows):
+            x = torch.from_numpy(x_all[first:first + rows]).to(device)
+            y = torch.from_numpy(y_all[first:first + rows]).to(device)
+            with autocast():
+                logits = model(x)  # (B, T, V): any model that maps ids to logits can be evaluated
+            losses = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=-1,
+                                     reduction="none").view(y.shape).double()  # (B, T), 0 where y == -1
+            del logits
+            target_bytes = torch.where(y >= 0, byte_table[y.clamp(min=0)], 0)  # (B, T)
+            sums += torch.stack([losses.sum(), losses[target_bytes > 0].sum(), target_bytes.sum().double(),
+                                 (y != -1).sum().double()])
     if world_size > 1:
         import torch.distributed as dist
 

@@ -434,9 +434,14 @@ def _loss_mask_entry(report: TraceReport, step: StepTrace) -> Entry:
                      "✓ counted" if target != -1 else "· masked", loss if target != -1 else "0"])
     shown = (f"; positions {start} to {start + TOKEN_ROWS - 1} below, where the reply begins"
              if len(targets) > TOKEN_ROWS else "")
+    names = {token_id: name for name, token_id in tokenizer.special_ids.items()}
+    present = {names.get(t) for t in inputs} | {names.get(t) for t in targets if t != -1}
+    learned = ["the assistant's reply"] + (["its tool call"] if "<|tool_call_start|>" in present else [])
+    masked = ["<|bos|>"] + (["the system message"] if "<|system_start|>" in present else []) + [
+        "the user's turn", "<|assistant_start|>"] + (["the tool's result"] if "<|tool_result_start|>" in present else [])
     return Entry("The loss mask", explanation=explain("topic:loss_mask"), notes=[
-        f"{counted} of {len(targets)} targets are counted: the assistant's reply, its tool call and "
-        f"<|assistant_end|>; <|bos|>, the user's turn, <|assistant_start|> and the tool's result are masked{shown}",
+        f"{counted} of {len(targets)} targets are counted: {', '.join(learned)} and <|assistant_end|>; "
+        f"{', '.join(masked[:-1])} and {masked[-1]} are masked{shown}",
         f"loss = sum of the counted per-token losses / {counted}: the masked positions add nothing"],
         table={"columns": ["position", "target token", "in the loss", "loss (nats)"], "rows": rows})
 

@@ -36,7 +36,7 @@ from glassgpt.tasks import TASKS
 from glassgpt.tasks.base import Facts, Task
 from glassgpt.tasks.files import file_task
 
-VAL_CAP = 200
+VAL_CAP = 100
 """At most this many val conversations per task (the first ones, in the task's fixed order)."""
 
 

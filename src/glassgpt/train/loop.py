@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from rich.markup import escape
 
 from glassgpt import __version__, device as devices, paths, ui
 from glassgpt.config import TrainConfig
@@ -257,7 +258,9 @@ def _train(config: TrainConfig, resume: bool, runtime: devices.Runtime, run_dir:
             progress.print(f"[bold]step {step}[/]: val loss{counted} {result.loss:.4f}, "
                            f"val bits/byte [bold green]{result.bpb:.4f}[/]")
             for prompt, text in samples:
-                progress.print(f"  [dim]{_one_line(prompt)}[/][italic]{_one_line(text)[:160]}[/]", markup=True)
+                # escaped: a chat sample's "[calculator: ...]" is text, not a Rich style tag
+                progress.print(f"  [dim]{escape(_one_line(prompt))}[/][italic]{escape(_one_line(text)[:160])}[/]",
+                               markup=True)
         return result.record()
 
     def save(step: int) -> None:

@@ -77,7 +77,7 @@ def _base(config: TrainConfig, runtime, eval_batch: int, say) -> StageData:
 
 
 def _chat(config: TrainConfig, runtime, eval_batch: int, say, saved: dict | None) -> StageData:
-    from glassgpt.chat.render import ConversationTooLong, missing_chat_tokens, render_conversation
+    from glassgpt.chat.render import missing_chat_tokens, render_conversation
     from glassgpt.model.scaling import count_parameters
     from glassgpt.runs import checkpoint_of, read_run_config
     from glassgpt.tasks import mixtures
@@ -113,7 +113,7 @@ def _chat(config: TrainConfig, runtime, eval_batch: int, say, saved: dict | None
             ids, mask = render_conversation(conversation, tokenizer)
             if len(ids) > row and not pack and what == "train":
                 if mixtures.is_user_file(source):  # the user's own conversations: say which, don't drop it
-                    raise UsageError(f"{source}: {ConversationTooLong(len(ids), row)}")
+                    raise UsageError(_too_long_in_file(source, tokenizer, config.seq_len))
                 too_long += 1
                 continue
             rendered.append((np.asarray(ids, dtype=np.int32), np.asarray(mask, dtype=np.uint8)))
@@ -126,13 +126,16 @@ def _chat(config: TrainConfig, runtime, eval_batch: int, say, saved: dict | None
                                 runtime.world_size, runtime.device, pack=pack, pad_id=pad_id)
     train_tokens = sum(len(ids) for ids, _ in train_rows)
     learned = sum(int(mask.sum()) for _, mask in train_rows)
-    tokens_per_step = config.device_batch_size * config.seq_len * runtime.world_size
+    epoch_rows, placed = loader.epoch_plan()
+    epoch_steps = epoch_rows / (config.device_batch_size * runtime.world_size)
+    how = (f"packing leaves out {1 - placed / train_tokens:.0%} of the tokens: the ends of conversations cut "
+           "at a row's end" if pack else f"padding fills {1 - placed / (epoch_rows * row):.0%} of the rows")
     summary = [
         f"from: run {parent['run']} at step {parent['step']} ({parent['stage']}); mixture {config.mixture!r}: "
         + ", ".join(f"{name} {count:,}" for name, count in train.counts.items()),
         f"data: {len(train_rows):,} conversations, {train_tokens:,} tokens ({learned:,} learned: assistant "
-        f"replies and tool calls); about {train_tokens / tokens_per_step:,.0f} steps per epoch; val "
-        f"{len(val_rows):,} conversations",
+        f"replies and tool calls); val {len(val_rows):,} conversations",
+        f"one epoch is {_steps(epoch_steps)}; {how}",
     ]
     if skipped:
         summary.append(f"skipped {skipped:,} conversations longer than a row of {row} tokens (SFT never cuts one)")
@@ -152,6 +155,26 @@ def _chat(config: TrainConfig, runtime, eval_batch: int, say, saved: dict | None
         val_batches=lambda: conversation_batches(val_rows, config.seq_len, eval_batch, pad_id, runtime.rank,
                                                  runtime.world_size),
         samples=samples, summary=summary, record=record, parent=parent, facts=facts.__dict__)
+
+
+def _steps(steps: float) -> str:
+    if steps < 1:
+        return "less than one step"
+    return f"{steps:,.0f} steps" if steps >= 10 else f"{steps:.1f} steps"
+
+
+def _too_long_in_file(path: str, tokenizer: Tokenizer, seq_len: int) -> str:
+    """Which conversation of a user's file does not fit a row, by its line (read again: only on error)."""
+    from glassgpt.chat.conversation import read_conversations
+    from glassgpt.chat.render import render_conversation
+
+    row = seq_len + 1
+    for line, conversation in read_conversations(path):
+        length = len(render_conversation(conversation, tokenizer)[0])
+        if length > row:
+            return (f"{path}:{line}: the conversation is {length:,} tokens, longer than a training row of {row:,} "
+                    f"(--seq-len {seq_len} + 1); SFT never cuts a conversation: shorten it or raise --seq-len")
+    return f"{path}: a conversation is longer than a training row of {row:,} tokens (--seq-len {seq_len} + 1)"
 
 
 def chat_replies(model, tokenizer: Tokenizer, prompts, max_tokens: int, autocast=None, seed: int = 0,
@@ -174,18 +197,28 @@ def chat_replies(model, tokenizer: Tokenizer, prompts, max_tokens: int, autocast
 
 def reply_text(events) -> str:
     """A reply as one line of text, tool calls and results shown inline."""
-    pieces, call = [], None
+    pieces, call, result = [], None, None
+
+    def close_call() -> None:
+        nonlocal call, result
+        if call is not None:
+            pieces.append(f"[calculator: {call.strip()} → {result.strip()}]" if result is not None
+                          else f"[calculator: {call.strip()} …]")
+        call = result = None
+
     for event in events:
+        if event.kind == "special" and not event.text:
+            continue  # a delimiter: the next token's kind says where the reply is
         if event.kind == "tool_call":
+            if result is not None:
+                close_call()  # a second call right after the first's result
             call = (call or "") + event.text
         elif event.kind == "tool_result":
-            pieces.append(f"[calculator: {(call or '').strip()} → {event.text.strip()}]" if call is not None
-                          else event.text)
-            call = None
+            result = (result or "") + event.text  # a result may take several tokens
         else:
+            close_call()
             pieces.append(event.text)
-    if call is not None:
-        pieces.append(f"[calculator: {call.strip()} …]")
+    close_call()
     return "".join(pieces)
 
 
