@@ -71,6 +71,11 @@ def test_sample_streams_a_repeatable_continuation(glass_home, capsys):
     assert main(["sample", "--run", "s", "--prompt", "ROMEO:", "--max-new-tokens", "12", "--no-cache", "--seed", "3",
                  "--temperature", "0.9", "--top-k", "20", "--top-p", "0.95"]) == 0
     assert capsys.readouterr().out == first.out  # same tokens without the KV cache
+    # --stop goes through the engine's stopping rule: the sample ends just before the stop text
+    continuation = first.out[len("ROMEO:"):].rstrip("\n")
+    stop = continuation[3:6]
+    assert main([*args, "--stop", stop]) == 0
+    assert capsys.readouterr().out.rstrip("\n") == "ROMEO:" + continuation[:continuation.index(stop)]
 
 
 def test_tokenizer_commands_train_encode_and_evaluate(glass_home, capsys):
@@ -96,7 +101,12 @@ def test_tokenizer_commands_train_encode_and_evaluate(glass_home, capsys):
 def test_data_list_and_download(glass_home, capsys):
     assert main(["data", "list"]) == 0
     out = capsys.readouterr().out
-    assert "tinyshakespeare" in out and "fineweb-edu" in out and "mirror:" in out
+    assert "tinyshakespeare" in out and "fineweb-edu" in out and "brown" in out and "mirror:" in out
+    from glassgpt.tasks import TASKS
+    from glassgpt.tasks.mixtures import MIXTURES
+
+    assert "chat tasks" in out and all(name in out for name in [*TASKS, *MIXTURES])
+    assert "6,973" in out  # gsm8k's train split size, from the task's own table
     assert main(["data", "download", "tinyshakespeare"]) == 0
     assert "1,115,394 bytes" in capsys.readouterr().out
     assert main(["data", "list"]) == 0

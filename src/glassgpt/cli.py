@@ -312,7 +312,7 @@ def _add_sample(commands) -> None:
     parser.add_argument("--top-p", type=_probability, default=None, metavar="P", help="nucleus sampling: smallest set with probability ≥ P")
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="random seed, for a repeatable sample")
     parser.add_argument("--num-samples", type=_positive_int, default=1, metavar="N", help="how many samples (default 1)")
-    parser.add_argument("--stop", action="append", default=[], metavar="TEXT", help="stop when the output contains TEXT (repeatable)")
+    parser.add_argument("--stop", action="append", default=[], metavar="TEXT", help="end the sample just before TEXT would appear (repeatable); TEXT is not printed")
     parser.add_argument("--checkpoint", type=int, default=None, metavar="STEP", help="use this step's checkpoint (default: newest)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--no-cache", action="store_true", help="recompute the whole context every token (slow; for comparison)")
@@ -348,7 +348,7 @@ def _probability(text: str) -> float:
 
 def _run_sample(args) -> int:
     from glassgpt import device as devices, ui
-    from glassgpt.engine import Engine, TextStream
+    from glassgpt.engine import Engine
     from glassgpt.runs import load_run
 
     out = ui.console()
@@ -359,30 +359,20 @@ def _run_sample(args) -> int:
     if len(prompt_ids) > config.sequence_len:
         ui.err_console().print(f"[yellow]note[/]: the prompt has {len(prompt_ids)} tokens; the model reads at most "
                                f"{config.sequence_len}, so only the last {config.sequence_len} are used")
-    engine = Engine(run.model)
+    engine = Engine(run.model, tokenizer=tokenizer)
     stops = set(tokenizer.special_ids.values())  # any special token ends a plain-text document
     for index in range(args.num_samples):
         if args.num_samples > 1:
             ui.err_console().print(f"[dim]--- sample {index + 1} ---[/]")
         seed = None if args.seed is None else args.seed + index
-        stream, text = TextStream(tokenizer), ""
         out.print(args.prompt, end="", style="bold", soft_wrap=True, markup=False, highlight=False)
         started, count = time.perf_counter(), 0
-        for token_id in engine.generate(prompt_ids, args.max_new_tokens, args.temperature, args.top_k,
-                                        args.top_p, seed, stop_ids=stops, use_cache=not args.no_cache):
-            count += 1
-            if token_id in stops:
-                break
-            piece = stream.push(token_id)
-            text += piece
-            hit = next((s for s in args.stop if s in text), None)
-            if hit:  # print up to and including the stop text, then end
-                piece = piece[: len(piece) - (len(text) - text.index(hit) - len(hit))]
-                out.print(piece, end="", soft_wrap=True, markup=False, highlight=False)
-                break
-            out.print(piece, end="", soft_wrap=True, markup=False, highlight=False)
-        else:
-            out.print(stream.flush(), end="", soft_wrap=True, markup=False, highlight=False)
+        # The engine applies every stopping rule (stop ids, --stop texts, length): one place for them.
+        for event in engine.stream(prompt_ids, 1, args.max_new_tokens, args.temperature, args.top_k, args.top_p,
+                                   seed, stop_ids=stops, stop_texts=args.stop, tools=False,
+                                   use_cache=not args.no_cache):
+            count += event.token >= 0
+            out.print(event.text, end="", soft_wrap=True, markup=False, highlight=False)
         elapsed = time.perf_counter() - started
         out.print()
         ui.err_console().print(f"[dim]{count} tokens in {elapsed:.2f}s ({count / max(elapsed, 1e-9):.0f} tok/s), "
