@@ -209,6 +209,24 @@ def test_sft_rows_hold_whole_conversations_and_mask_the_padding():
         ConversationLoader(_conversations([17]), batch_size=1, seq_len=15, pack=False)
 
 
+def test_a_row_reaches_ahead_for_a_conversation_that_fits_before_it_cuts_or_pads():
+    # in order: 10 fills 10 of a 16-token row; 9 does not fit in the 6 left, but 6 (two ahead) does
+    conversations = _conversations([10, 9, 6, 16])
+    for pack in (True, False):
+        loader = ConversationLoader(conversations, batch_size=1, seq_len=15, pack=pack, pad_id=99)
+        loader._cursor.order = np.arange(4)  # a known order instead of the seeded shuffle
+        rows = []
+        for _ in range(3):
+            encoded = loader._next_row()
+            rows.append(np.where(encoded < 0, -1 - encoded, encoded).tolist())
+        assert rows[0] == [0] + [1] * 9 + [0] + [3] * 5  # 10, then the 6 from two ahead
+        assert rows[1][:9] == [0] + [2] * 8  # the skipped 9 starts the next row
+        if pack:
+            assert rows[1][9:] == [0] + [4] * 6  # nothing fits the 7 left: the 16 is cut there
+        else:
+            assert rows[1][9:] == [99] * 7 and rows[2] == [0] + [4] * 15  # padded; the 16 gets a row
+
+
 def test_the_epoch_plan_counts_the_rows_the_loader_really_makes():
     conversations = _conversations([5, 9, 3, 16, 7, 11, 4, 6, 14, 2])
     for pack in (True, False):
@@ -224,16 +242,21 @@ def test_the_epoch_plan_counts_the_rows_the_loader_really_makes():
 
 
 def test_the_conversation_loader_state_resumes_the_same_batches():
-    conversations = _conversations([5, 9, 3, 16, 7, 11, 4, 6])
-    first = ConversationLoader(conversations, 2, 15, seed=3, pack=False)
-    for _ in range(3):
-        first.next_batch()
-    state = first.state_dict()
-    expected = [first.next_batch() for _ in range(4)]  # crosses an epoch boundary
-    second = ConversationLoader(conversations, 2, 15, seed=3, pack=False)
-    second.load_state_dict(state)
-    for (x, y), (x2, y2) in zip(expected, (second.next_batch() for _ in range(4))):
-        assert torch.equal(x, x2) and torch.equal(y, y2)
+    conversations = _conversations([5, 9, 3, 16, 7, 11, 4, 6, 12, 2, 8])
+    reached_ahead = False
+    for pack in (True, False):
+        for stopped_after in range(1, 6):
+            first = ConversationLoader(conversations, 2, 15, seed=3, pack=pack)
+            for _ in range(stopped_after):
+                first.next_batch()
+            state = json.loads(json.dumps(first.state_dict()))  # as a checkpoint's state.json keeps it
+            reached_ahead |= bool(state["taken"])
+            expected = [first.next_batch() for _ in range(4)]  # crosses an epoch boundary
+            second = ConversationLoader(conversations, 2, 15, seed=3, pack=pack)
+            second.load_state_dict(state)
+            for (x, y), (x2, y2) in zip(expected, (second.next_batch() for _ in range(4))):
+                assert torch.equal(x, x2) and torch.equal(y, y2)
+    assert reached_ahead  # some states held conversations taken ahead: they are part of the state
 
 
 def test_validation_batches_cover_every_conversation_once_in_order():

@@ -99,19 +99,44 @@ def sequential_windows(tokens: np.ndarray, seq_len: int, batch_size: int, rank: 
 # -- conversations (the chat stages) -------------------------------------------------------------
 
 
+LOOKAHEAD = 256
+"""How many of the next conversations a row may reach ahead for one that fits its remaining room."""
+
+
+class _Cursor:
+    """Where an epoch's order has been read to: everything before `position` is used, and so are
+    the `taken` positions after it (conversations a row reached ahead for)."""
+
+    def __init__(self, order: np.ndarray, position: int = 0, taken: set[int] | None = None):
+        self.order, self.position, self.taken = order, position, set(taken or ())
+
+    def done(self) -> bool:
+        return self.position >= len(self.order)
+
+    def advance(self) -> None:
+        self.position += 1
+        while self.position in self.taken:
+            self.taken.remove(self.position)
+            self.position += 1
+
+
 class ConversationLoader:
     """Batches of rendered conversations for midtraining and SFT: rows that begin at a
     conversation's <|bos|>, with targets of -1 wherever the loss mask is 0 (and on padding).
 
-    pack=True (midtraining): whole conversations follow each other until the row is full; the one
-    that does not fit fills the rest of the row, cut there (its remainder is not used), so rows
-    have no padding. pack=False (SFT): whole conversations only; when the next one does not fit,
-    the row is padded (targets -1) and the next row starts with it. Conversations longer than a
-    row must be left out before (SFT never cuts a conversation in the middle of a turn).
+    A row takes whole conversations in the epoch's order. When the next one does not fit in the
+    room left, the longest of the following LOOKAHEAD conversations that does fit is taken
+    instead (best fit: it fills the room with whole conversations, and the skipped one simply
+    starts a later row). When none fits:
 
-    As for `TokenLoader`, an epoch's order is a permutation drawn from (seed, epoch) and the
-    cursor (epoch, conversations consumed) is the whole state, so resume is exact; each global
-    batch is batch_size x world_size consecutive rows, rank r taking the r-th slice.
+    - pack=True (midtraining): the shortest conversation in reach fills the rest of the row, cut
+      there (its remainder is not used), so rows have no padding;
+    - pack=False (SFT): the row is padded (targets -1) and the next row starts with it. SFT never
+      cuts a conversation, so ones longer than a row must be left out before.
+
+    As for `TokenLoader`, an epoch's order is a permutation drawn from (seed, epoch) and the cursor
+    (epoch, conversations read, the ones taken ahead) is the whole state, so resume is exact; each
+    global batch is batch_size x world_size consecutive rows, rank r taking the r-th slice.
     """
 
     def __init__(self, conversations: list[tuple[np.ndarray, np.ndarray]], batch_size: int, seq_len: int,
@@ -125,32 +150,72 @@ class ConversationLoader:
         self.conversations, self.batch_size, self.seq_len = conversations, batch_size, seq_len
         self.seed, self.rank, self.world_size, self.device = seed, rank, world_size, device
         self.pack, self.pad_id = pack, pad_id
-        self.epoch, self.position = 0, 0
-        self._order = self._epoch_order(0)
+        self.lengths = np.array([len(ids) for ids, _ in conversations])
+        self.epoch = 0
+        self._cursor = _Cursor(self._epoch_order(0))
+
+    @property
+    def position(self) -> int:
+        return self._cursor.position
 
     def _epoch_order(self, epoch: int) -> np.ndarray:
         return np.random.default_rng([self.seed, epoch]).permutation(len(self.conversations))
 
-    def _next_conversation(self) -> tuple[np.ndarray, np.ndarray]:
-        if self.position == len(self._order):
-            self.epoch, self.position = self.epoch + 1, 0
-            self._order = self._epoch_order(self.epoch)
-        return self.conversations[self._order[self.position]]
+    def _next_epoch(self) -> _Cursor:
+        self.epoch += 1
+        self._cursor = _Cursor(self._epoch_order(self.epoch))
+        return self._cursor
+
+    def _row_parts(self, cursor: _Cursor, next_cursor) -> list[tuple[int, int]]:
+        """(conversation index, tokens of it) that make the next row; `next_cursor()` gives the
+        next epoch's cursor when this one is used up (None: the row ends there)."""
+        parts, room = [], self.seq_len + 1
+        while room:
+            if cursor.done():
+                cursor = next_cursor()
+                if cursor is None:
+                    break
+            index = int(cursor.order[cursor.position])
+            length = int(self.lengths[index])
+            if length <= room:
+                parts.append((index, length))
+                cursor.advance()
+            elif (ahead := self._best_fit(cursor, room)) is not None:
+                index = int(cursor.order[ahead])
+                parts.append((index, int(self.lengths[index])))
+                cursor.taken.add(ahead)
+            elif self.pack or not parts:
+                # Nothing fits: cut one at the row's end (its remainder is not used), the shortest
+                # of those in reach, so that as little as possible is lost.
+                cut = self._shortest(cursor)
+                parts.append((int(cursor.order[cut]), room))
+                cursor.advance() if cut == cursor.position else cursor.taken.add(cut)
+            else:
+                break  # SFT: padded; this conversation starts the next row
+            room -= parts[-1][1]
+        return parts
+
+    def _best_fit(self, cursor: _Cursor, room: int) -> int | None:
+        """The position, among the next LOOKAHEAD unused ones, of the longest conversation that fits."""
+        best, best_length = None, 0
+        for position in range(cursor.position + 1, min(cursor.position + 1 + LOOKAHEAD, len(cursor.order))):
+            length = self.lengths[cursor.order[position]]
+            if best_length < length <= room and position not in cursor.taken:
+                best, best_length = position, length
+        return best
+
+    def _shortest(self, cursor: _Cursor) -> int:
+        """The position of the shortest unused conversation among the next one and LOOKAHEAD after it."""
+        reach = range(cursor.position, min(cursor.position + 1 + LOOKAHEAD, len(cursor.order)))
+        return min((p for p in reach if p not in cursor.taken), key=lambda p: self.lengths[cursor.order[p]])
 
     def _next_row(self) -> np.ndarray:
         """One row of seq_len + 1 ids, with -1 - id where the token is not learned (decoded by
         `targets_of`): a single array keeps the row and its mask together."""
-        ids_parts, learned_parts, room = [], [], self.seq_len + 1
-        while room:
-            ids, mask = self._next_conversation()
-            if len(ids) > room and not self.pack and ids_parts:
-                break  # SFT: the next row starts with this conversation
-            self.position += 1
-            ids_parts.append(ids[:room])
-            learned_parts.append(mask[:room])
-            room -= len(ids_parts[-1])
-        row = np.concatenate(ids_parts).astype(np.int64)
-        learned = np.concatenate(learned_parts).astype(bool)
+        parts = self._row_parts(self._cursor, self._next_epoch)
+        row = np.concatenate([self.conversations[index][0][:n] for index, n in parts]).astype(np.int64)
+        learned = np.concatenate([self.conversations[index][1][:n] for index, n in parts]).astype(bool)
+        room = self.seq_len + 1 - len(row)
         if room:  # padding: never learned
             row = np.concatenate([row, np.full(room, self.pad_id, dtype=np.int64)])
             learned = np.concatenate([learned, np.zeros(room, dtype=bool)])
@@ -158,17 +223,12 @@ class ConversationLoader:
 
     def epoch_plan(self) -> tuple[int, int]:
         """(rows, tokens placed in them) of one epoch in epoch 0's order, by the same rules as
-        `_next_row`: what the start-of-run summary reports (packing cuts the conversation that
-        ends a row, padding leaves rows short, so tokens / row length is not the answer)."""
-        rows, placed, room = 0, 0, 0
-        for index in self._epoch_order(0):
-            length = len(self.conversations[index][0])
-            if room and length > room and not self.pack:
-                room = 0  # padded: this conversation starts the next row
-            if not room:
-                rows, room = rows + 1, self.seq_len + 1
-            taken = min(length, room)
-            placed, room = placed + taken, room - taken
+        the batches: what the start-of-run summary reports (a cut conversation loses its rest,
+        padding leaves rows short, so tokens / row length is not the answer)."""
+        cursor, rows, placed = _Cursor(self._epoch_order(0)), 0, 0
+        while not cursor.done():
+            parts = self._row_parts(cursor, lambda: None)
+            rows, placed = rows + 1, placed + sum(n for _, n in parts)
         return rows, placed
 
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -179,11 +239,12 @@ class ConversationLoader:
         return _to_device(torch.from_numpy(x), self.device), _to_device(torch.from_numpy(y), self.device)
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed}
+        return {"epoch": self.epoch, "position": self._cursor.position, "taken": sorted(self._cursor.taken),
+                "seed": self.seed}
 
     def load_state_dict(self, state: dict) -> None:
-        self.seed, self.epoch, self.position = state["seed"], state["epoch"], state["position"]
-        self._order = self._epoch_order(self.epoch)
+        self.seed, self.epoch = state["seed"], state["epoch"]
+        self._cursor = _Cursor(self._epoch_order(self.epoch), state["position"], set(state.get("taken", ())))
 
 
 def rows_to_batch(rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
