@@ -84,10 +84,15 @@ def test_the_oldest_turns_are_dropped_when_the_context_is_full_and_it_says_so(ti
     assert "oldest message(s) no longer fit in the model's 32-token context and were dropped" in err
 
 
-def test_a_message_longer_than_the_context_is_refused(tiny, capsys):
+def test_a_message_longer_than_the_context_is_refused(tiny, capsys, monkeypatch):
     assert chat("-p", "word " * 200) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and err[-1].startswith("error: ") and "context holds 32" in err[-1]
+    # in a conversation, the one message is refused and the next is answered
+    monkeypatch.setattr("sys.stdin", io.StringIO("word " * 200 + "\nhi\n"))
+    assert chat() == 0
+    out, err = capsys.readouterr()
+    assert "context holds 32: send a shorter one" in err and out.strip()
 
 
 @pytest.mark.parametrize("args, code, fragment", [

@@ -194,3 +194,8 @@ def test_a_stop_text_ends_the_row_and_is_not_shown(tokenizer_512):
     events = list(Engine(model, tokenizer=tokenizer_512).stream([tokenizer_512.bos_id], 1, len(ids), temperature=0,
                                                                tools=False, stop_texts=["never appears"]))
     assert "".join(e.text for e in events) == text and events[-1].finish == "length"
+
+
+def test_no_new_tokens_asked_means_no_events():
+    engine = Engine(tiny_model())
+    assert list(engine.stream([1, 2, 3], 2, max_new_tokens=0)) == []

@@ -86,6 +86,16 @@ def test_mid_then_sft_from_a_base_run_with_the_same_loop_and_run_files(base, gla
     assert sft["data"]["too_long_skipped"] + sft["data"]["train_conversations"] == 90
 
 
+def test_a_stage_reads_seq_len_like_any_other_integer_flag(base):
+    from glassgpt.config import resolve
+    from glassgpt.errors import UsageError
+
+    config = resolve(None, None, {"stage": "mid", "from_run": "base", "run": "m", "seq_len": "1_024"})
+    assert config.seq_len == 1024 and config.model["sequence_len"] == 1024
+    with pytest.raises(UsageError, match="--seq-len"):
+        resolve(None, None, {"stage": "mid", "from_run": "base", "run": "m", "seq_len": "abc"})
+
+
 def test_a_chat_stage_starts_from_its_parents_weights(base, glass_home):
     assert stage("mid", "--from", "base", "--run", "m0", "--max-steps", "1", "--eval-every", "0",
                  "--matrix-lr", "0", "--embedding-lr", "0", "--unembedding-lr", "0", "--scalar-lr", "0") == 0

@@ -449,7 +449,8 @@ def stage_fields(stage: str, given: dict[str, Any]) -> dict[str, Any]:
     inherited = {name: train[name] for name in INHERITED_FIELDS if name in train}
     inherited["tokenizer"] = saved.get("tokenizer", {}).get("name", train.get("tokenizer", ""))
     model = {k: v for k, v in built.items() if k not in ("vocab_size", "n_layer", "family")}
-    rows = int(given.get("seq_len") or STAGE_SEQ_LEN)
+    # given holds the flags as typed: convert like every other field (1_024, 1e3; a bad one is one line)
+    rows = convert("seq_len", given["seq_len"]) if given.get("seq_len") not in (None, "") else STAGE_SEQ_LEN
     context = built["sequence_len"] if built["position"] == "learned" else max(built["sequence_len"], rows)
     model["sequence_len"] = context
     return {**inherited, "model": model, "seq_len": rows if "seq_len" in given else context}

@@ -108,6 +108,8 @@ class Engine:
                use_cache: bool = True, slide: bool = True) -> Iterator[Event]:
         """Yield Events of n rows that all continue `prompt`, step by step (each step gives one
         event per unfinished row, in row order)."""
+        if max_new_tokens <= 0:
+            return
         model, config = self.model, self.model.config
         was_training = model.training
         model.eval()

@@ -12,6 +12,8 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 
+from rich.markup import escape
+
 from glassgpt.chat.session import (DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, ChatModel, Reply,
                                    add_event, assistant_message)
 from glassgpt.errors import UsageError
@@ -82,7 +84,11 @@ class Conversation:
     def say(self, text: str) -> Reply:
         """Send a user message and print the streamed reply."""
         self.messages.append({"role": "user", "content": text})
-        ids, kept, dropped = self.chat.fit(self.history(), self.settings.max_tokens)
+        try:
+            ids, kept, dropped = self.chat.fit(self.history(), self.settings.max_tokens)
+        except UsageError:  # too long for the context: the history stays as it was
+            self.messages.pop()
+            raise
         if dropped:
             self.messages = kept[len(self.history()) - len(self.messages):]
             self.notes.print(f"[dim](the {dropped} oldest message(s) no longer fit in the model's "
@@ -181,4 +187,9 @@ def run(args) -> int:
             continue
         if interactive:
             out.print(f"[bold]{args.run}>[/] ", end="")
-        conversation.say(line)
+        try:
+            conversation.say(line)
+        except UsageError as error:  # one message too long: say so, and the conversation goes on
+            if interactive:
+                out.print()
+            notes.print(f"[yellow]{escape(str(error))}[/]")

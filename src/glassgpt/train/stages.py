@@ -121,6 +121,9 @@ def _chat(config: TrainConfig, runtime, eval_batch: int, say, saved: dict | None
 
     train_rows, skipped = render(train, "train")
     val_rows, _ = render(val, "val")
+    if not any(mask[1:].any() for _, mask in val_rows):
+        raise UsageError(f"mixture {config.mixture!r} has no val conversations with an assistant reply to "
+                         "evaluate on; add a task to it (see glassgpt data list)")
     pad_id = tokenizer.bos_id
     loader = ConversationLoader(train_rows, config.device_batch_size, config.seq_len, config.seed, runtime.rank,
                                 runtime.world_size, runtime.device, pack=pack, pad_id=pad_id)
