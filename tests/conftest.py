@@ -79,3 +79,23 @@ def run_cli(*args: str, env: dict | None = None, timeout: float = 300, input: st
 TINY_TRAIN = ["--data", "tinyshakespeare", "--vocab-size", "512", "--depth", "1", "--n-embd", "32",
               "--n-head", "2", "--seq-len", "32", "--device-batch-size", "4", "--eval-batch-size", "64",
               "--sample-tokens", "8", "--dtype", "fp32", "--device", "cpu"]
+
+
+def train_once(tmp_path_factory, name: str, *flags: str) -> Path:
+    """The runs folder of a tiny base run `name`, trained in a cache root of its own: for a
+    module-scoped fixture (the per-test cache root does not exist yet), whose tests copy it in."""
+    from glassgpt.cli import main
+
+    home = tmp_path_factory.mktemp(f"{name}-home")
+    settings = {"GLASSGPT_HOME": str(home), "GLASSGPT_DATA_MIRROR": str(MIRROR)}
+    before = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)
+    try:
+        assert main(["train", *TINY_TRAIN, "--run", name, *flags]) == 0
+    finally:
+        for key, value in before.items():
+            if value is None:
+                os.environ.pop(key)
+            else:
+                os.environ[key] = value
+    return home / "runs"

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shutil
 
 import pytest
 from rich.console import Console
 
-from conftest import MIRROR, TINY_TRAIN
+from conftest import train_once
 from glassgpt.chat.session import ChatModel, collect
 from glassgpt.chat.terminal import _Printer
 from glassgpt.cli import main
@@ -21,16 +20,7 @@ from glassgpt.engine import Event
 @pytest.fixture(scope="module")
 def trained_runs(tmp_path_factory):
     """A tiny base run (its tokenizer has the chat tokens), trained once for the module."""
-    home = tmp_path_factory.mktemp("chat-home")
-    settings = {"GLASSGPT_HOME": str(home), "GLASSGPT_DATA_MIRROR": str(MIRROR)}
-    before = {name: os.environ.get(name) for name in settings}
-    os.environ.update(settings)
-    try:
-        assert main(["train", *TINY_TRAIN, "--run", "tiny", "--max-steps", "2", "--eval-every", "0"]) == 0
-    finally:
-        for name, value in before.items():
-            os.environ.pop(name) if value is None else os.environ.__setitem__(name, value)
-    return home / "runs"
+    return train_once(tmp_path_factory, "tiny", "--max-steps", "2", "--eval-every", "0")
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import MIRROR, TINY_TRAIN
+from conftest import train_once
 from glassgpt.cli import main
 from glassgpt.data.loader import ConversationLoader, conversation_batches
 
@@ -23,21 +23,7 @@ TINY_STAGE = ["--mixture", "identity:0.05,arithmetic:0.01", "--seq-len", "64", "
 @pytest.fixture(scope="module")
 def base_runs(tmp_path_factory):
     """A tiny base run, trained once for the module (copied into each test's own cache root)."""
-    import os
-
-    home = tmp_path_factory.mktemp("stages-home")
-    settings = {"GLASSGPT_HOME": str(home), "GLASSGPT_DATA_MIRROR": str(MIRROR)}
-    before = {name: os.environ.get(name) for name in settings}
-    os.environ.update(settings)
-    try:
-        assert main(["train", *TINY_TRAIN, "--run", "base", "--max-steps", "2", "--eval-every", "0"]) == 0
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name)
-            else:
-                os.environ[name] = value
-    return home / "runs"
+    return train_once(tmp_path_factory, "base", "--max-steps", "2", "--eval-every", "0")
 
 
 @pytest.fixture

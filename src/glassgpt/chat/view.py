@@ -40,6 +40,7 @@ from rich.text import Text
 
 from glassgpt.chat.conversation import ConversationError, validate
 from glassgpt.chat.render import render_conversation, render_for_completion
+from glassgpt.see.html import visible_piece
 
 ROLES_OF_SPECIAL = ("system", "user", "assistant", "tool_call", "tool_result")
 PART_SEGMENTS = ("tool_call", "tool_result")  # inside an assistant turn; after their end, back to "assistant"
@@ -169,19 +170,7 @@ def summary_line(rendered: list[RenderedConversation]) -> str:
 
 def _visible(text: str) -> str:
     """Whitespace and control characters made visible; a newline stays a newline, after ⏎."""
-    out = []
-    for ch in text:
-        if ch == "\n":
-            out.append("⏎\n")
-        elif ch == "\t":
-            out.append("⇥")
-        elif ch == "\r":
-            out.append("␍")
-        elif ord(ch) < 32 or ord(ch) == 127:
-            out.append(f"\\x{ord(ch):02x}")
-        else:
-            out.append(ch)
-    return "".join(out)
+    return visible_piece(text, newline="⏎\n", space=" ", empty="")
 
 
 def _piece_repr(piece: bytes) -> str:

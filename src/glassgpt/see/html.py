@@ -63,14 +63,15 @@ def _percent(fraction: float) -> str:
     return f"{100 * fraction:.1f}%" if fraction >= 0.001 else "<0.1%"
 
 
-def visible_piece(piece: str) -> str:
-    """A token piece with its whitespace made visible: newline ⏎, space ·, tab ⇥, other controls as \\xNN."""
+def visible_piece(piece: str, newline: str = "⏎", space: str = "·", empty: str = "∅") -> str:
+    """A token piece with its whitespace made visible: newline ⏎, space ·, tab ⇥, other controls as \\xNN
+    (a view that keeps line breaks passes newline="⏎\\n"; one that keeps spaces, space=" ")."""
     out = []
     for ch in piece:
         if ch == "\n":
-            out.append("⏎")
+            out.append(newline)
         elif ch == " ":
-            out.append("·")
+            out.append(space)
         elif ch == "\t":
             out.append("⇥")
         elif ch == "\r":
@@ -79,7 +80,7 @@ def visible_piece(piece: str) -> str:
             out.append(f"\\x{ord(ch):02x}")
         else:
             out.append(ch)
-    return "".join(out) or "∅"
+    return "".join(out) or empty
 
 
 def _json_for_script(data) -> str:
