@@ -116,6 +116,12 @@ def test_identity_checks_accept_the_tasks_own_answers_and_reject_wrong_ones():
     assert not who("I am a 35-year-old teacher from Ohio.")
 
 
+def test_facts_are_found_as_whole_words_in_any_case():
+    assert identity.says("Hello! I'm Tin, a glassgpt model.", "tin")
+    assert not identity.says("I'm a tiny model.", "tin") and not identity.says("Martin trained me", "tin")
+    assert identity.says("I was trained by Ada Lovelace, using glassgpt.", "ada lovelace")
+
+
 def test_approximate_counts_read_like_people_say_them():
     assert identity.approximate_count(2_899_968) == "2.9 million"
     assert identity.approximate_count(124_439_808) == "124 million"
@@ -126,7 +132,15 @@ def test_approximate_counts_read_like_people_say_them():
 
 # --- spelling -------------------------------------------------------------------------------------
 
-CALL = re.compile(r"^'([a-z]+)'\.count\('([a-z])'\)$")
+# The word as the question wrote it (any case, maybe in quotes), after a space, then lowercased.
+CALL = re.compile(r"""^(['"]) (['"]?)([A-Za-z]+)\2\1\.lower\(\)\.count\('([a-z])'\)$""")
+
+
+def called_word(call: str) -> tuple[str, str, str]:
+    """(the word as asked, the word lowercased, the letter) of a spelling tool call."""
+    match = CALL.match(call)
+    assert match, call
+    return match.group(2) + match.group(3) + match.group(2), match.group(3).lower(), match.group(4)
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
@@ -136,9 +150,10 @@ def test_spelling_spells_the_word_and_the_tool_result_is_the_true_count(split):
     for conversation in conversations:
         spelled, call, result, conclusion = assistant_parts(conversation)
         assert [p["type"] for p in (spelled, call, result, conclusion)] == ["text", "tool_call", "tool_result", "text"]
-        word, letter = CALL.match(call["text"]).groups()
+        as_asked, word, letter = called_word(call["text"])
         count = sum(1 for char in word if char == letter)  # counted here, not with str.count
         assert result["text"] == str(count)
+        assert as_asked in conversation["messages"][0]["content"]  # copied as the question wrote it
         assert "-".join(word) in spelled["text"]
         assert str(count) in conclusion["text"] and word in conclusion["text"]
         assert word in conversation["messages"][0]["content"].lower()
@@ -150,7 +165,7 @@ def test_spelling_spells_the_word_and_the_tool_result_is_the_true_count(split):
 
 
 def test_spelling_words_are_held_out_by_word():
-    splits = {split: {CALL.match(assistant_parts(c)[1]["text"]).group(1) for c in spelling.TASK.conversations(split)}
+    splits = {split: {called_word(assistant_parts(c)[1]["text"])[1] for c in spelling.TASK.conversations(split)}
               for split in ("train", "val", "test")}
     assert not splits["train"] & splits["test"] and not splits["train"] & splits["val"]
     assert all(spelling.split_of(word) == "test" for word in splits["test"])

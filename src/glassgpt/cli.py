@@ -75,6 +75,9 @@ def build_parser() -> Parser:
     _add_sample(commands)
     _add_chat(commands)
     _add_serve(commands)
+    _add_eval(commands)
+    _add_report(commands)
+    _add_speedrun(commands)
     _add_tokenizer(commands)
     _add_data(commands)
     _add_bench(commands)
@@ -144,7 +147,8 @@ def _add_train(commands) -> None:
     defaults = cfg.TrainConfig()
     groups = {
         "run": ("run", "seed"),
-        "stage (a chat model from a base run)": ("stage", "from_run", "mixture", "identity_name"),
+        "stage (a chat model from a base run)": ("stage", "from_run", "mixture", "identity_name",
+                                                 "model_name"),
         "data": ("data", "vocab_size", "tokenizer"),
         "model size": ("model_file", "init", "family", "depth", "head_dim", "seq_len"),
         "optimisation": ("device_batch_size", "total_batch_size", "max_steps", "optimizer", "matrix_lr",
@@ -571,6 +575,152 @@ def _named_or_default_tokenizer(name: str | None):
     corpus = sources.resolve(defaults.data)
     corpus.prepare()
     return prepare_tokenizer(defaults, corpus, say=lambda *a, **k: None)
+
+
+# -- eval -----------------------------------------------------------------------------------------------
+
+EVAL_DESCRIPTION = """\
+Evaluate a saved run on benchmark tasks. Results go to the run's folder (eval.json, rewritten
+after every task) and are shown as a table; --json prints the same document on stdout instead.
+
+Base-model tasks (CORE-style, group "core"; scored by likelihood after few-shot examples):
+{core}
+Chat tasks (group "chat"; questions in the chat format the model was trained on):
+{chat}
+Accuracy is centred by each task's chance (guessing among the options): (accuracy - chance) /
+(1 - chance), so 0 is chance and 1 perfect. CORE is the mean centred accuracy of the core tasks,
+ChatCORE that of ARC-Easy, ARC-Challenge, MMLU, GSM8K, HumanEval and spelling. HumanEval runs the
+model's code in a sandboxed subprocess (time and memory limits, a scrubbed environment, no network
+where the OS allows), never in this process. Under torchrun the items are split across processes.
+
+examples:
+  glassgpt eval --run quickstart                                   CORE tasks (a base run's default)
+  glassgpt eval --run quickstart-sft --tasks chat --max-per-task 100
+  glassgpt eval --run quickstart-sft --tasks arithmetic,identity --json
+  torchrun --standalone --nproc-per-node 2 -m glassgpt eval --run-name quickstart-sft
+"""
+
+
+def _add_eval(commands) -> None:
+    from glassgpt.evals import chat as chat_evals, core as core_evals
+
+    core = "\n".join(f"  {t.label:<34}{t.what}" for t in core_evals.CORE_TASKS)
+    chat = "\n".join(f"  {t.name:<34}{t.what}" for t in chat_evals.CHAT_TASKS)
+    parser = _sub(commands, "eval", "evaluate a run: CORE-style base tasks, chat tasks (ARC, MMLU, GSM8K, HumanEval...)",
+                  EVAL_DESCRIPTION.format(core=core, chat=chat))
+    parser.add_argument("--run", "--run-name", dest="run", required=True, help="the run to evaluate")
+    parser.add_argument("--tasks", default=None, metavar="LIST",
+                        help="comma list of tasks and groups (core, chat, all); default: core for a base run, "
+                             "chat for a chat run")
+    parser.add_argument("--max-per-task", type=_positive_int, default=None, metavar="N",
+                        help="score a fixed random subset of N items per task (default: every item)")
+    parser.add_argument("--checkpoint", type=int, default=None, metavar="STEP", help="use this step's checkpoint (default: newest)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object on stdout")
+    parser.set_defaults(handler=_run_eval)
+
+
+def _run_eval(args) -> int:
+    import json
+    import os
+
+    from glassgpt import ui
+    from glassgpt.evals import runner
+    from glassgpt.runs import read_run_config
+    from glassgpt import paths
+
+    saved = read_run_config(paths.run_dir(args.run))  # "no run named …" before any work
+    runner.task_names(args.tasks, saved["train"].get("stage", "base"))  # a bad --tasks: before loading
+    document = runner.evaluate(runner.EvalOptions(args.run, args.tasks, args.max_per_task, args.checkpoint,
+                                                  args.device))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for the group
+        return 0
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        runner.render(document, ui.console())
+        ui.console().print(f"results: {runner.results_path(args.run)}")
+    return 0
+
+
+# -- report ---------------------------------------------------------------------------------------------
+
+REPORT_DESCRIPTION = """\
+Write a report of a run and the runs it grew from (a chat run's --from chain: BASE → MID → SFT):
+<run>/report.md (plots in <run>/plots/) and <run>/report.html (one self-contained page).
+
+  summary      every metric by stage: parameters, tokens, time, val bits/byte, CORE, each task, ChatCORE
+  training     the loss curves of every stage on one figure; steps, tokens, wall time, peak memory, config
+  evaluations  eval.json of each stage (glassgpt eval) as a table and as bars of centred accuracy
+  replies      the last samples of each stage and a few evaluation replies, right or wrong
+  system       CPU, cores, memory, GPU, torch; the size of glassgpt's code
+
+examples:
+  glassgpt report --run quickstart
+  glassgpt report --run quickstart-sft
+"""
+
+
+def _add_report(commands) -> None:
+    parser = _sub(commands, "report", "write report.md and report.html: every stage's training and evaluations",
+                  REPORT_DESCRIPTION)
+    parser.add_argument("--run", required=True, help="the run to report (with the runs it grew from)")
+    parser.set_defaults(handler=_run_report)
+
+
+def _run_report(args) -> int:
+    from glassgpt import report, ui
+
+    markdown, page = report.write(args.run)
+    ui.console().print(f"wrote {markdown} and {page}")
+    return 0
+
+
+# -- speedrun -------------------------------------------------------------------------------------------
+
+SPEEDRUN_DESCRIPTION = """\
+Your own ChatGPT in one command: every stage in order, with one progress view and ETA.
+
+  tokenizer → base (NAME-base) → base-eval → mid (NAME-mid) → mid-eval → sft (NAME) → sft-eval → report
+
+A finished stage is skipped, so after an interruption (Ctrl-C, a crash, even kill -9) the same
+command continues from the last checkpoint of the stage it was in. It ends by printing where the
+report is and how to talk to the model (glassgpt chat --run NAME) and serve it.
+
+presets:
+{presets}
+
+examples:
+  glassgpt speedrun --run mychat
+  glassgpt speedrun --run try --max-steps 20 --max-per-task 10     a quick look at every stage
+  torchrun --standalone --nproc-per-node 8 -m glassgpt speedrun --run-name d20 --preset gpu
+"""
+
+
+def _add_speedrun(commands) -> None:
+    from glassgpt.speedrun import PRESETS
+
+    presets = "\n".join(f"  {name:<6}{preset.description}" for name, preset in PRESETS.items())
+    parser = _sub(commands, "speedrun", "tokenizer → base → mid → SFT → eval → report in one resumable command",
+                  SPEEDRUN_DESCRIPTION.format(presets=presets))
+    parser.add_argument("--run", "--run-name", dest="run", required=True,
+                        help="name of the chat model (its runs: NAME-base, NAME-mid, NAME)")
+    parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="what to size it for (default cpu)")
+    parser.add_argument("--max-steps", type=_positive_int, default=None, metavar="N",
+                        help="cap every training stage at N steps (a quick trial of the whole pipeline)")
+    parser.add_argument("--max-per-task", type=_positive_int, default=None, metavar="N",
+                        help="cap every evaluation task at N items")
+    parser.add_argument("--identity-name", default="", metavar="NAME",
+                        help="who trained the model, as it will say (default: your user name)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.set_defaults(handler=_run_speedrun)
+
+
+def _run_speedrun(args) -> int:
+    from glassgpt import speedrun
+
+    return speedrun.run(speedrun.Options(args.run, args.preset, args.max_steps, args.max_per_task,
+                                         args.identity_name, args.device))
 
 
 # -- tokenizer ------------------------------------------------------------------------------------------

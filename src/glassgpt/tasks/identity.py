@@ -295,6 +295,12 @@ def mentions_number(reply: str, n: int, relative_tolerance: float = 0.05) -> boo
     return False
 
 
+def says(reply: str, phrase: str) -> bool:
+    """Whether `reply` contains `phrase` as whole words, in any case: a run named "tin" is not
+    named by "tiny"."""
+    return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", reply, re.IGNORECASE) is not None
+
+
 def identity_checks(facts: Facts) -> list[tuple[str, str, Callable[[str], bool]]]:
     """(fact, question, passes) for every held-out (test) question phrasing of each fact a reply
     can be checked for by string matching; passes(reply) says whether the reply states the fact.
@@ -307,11 +313,10 @@ def identity_checks(facts: Facts) -> list[tuple[str, str, Callable[[str], bool]]
     Abilities and limitations have no single checkable string, so they are left out; size and
     context are left out when Facts does not know them (0).
     """
-    lower = str.lower
     checks: dict[str, Callable[[str], bool]] = {
-        "who": lambda reply: facts.run.lower() in lower(reply) or "glassgpt" in lower(reply),
-        "trainer": lambda reply: facts.trainer.lower() in lower(reply),
-        "data": lambda reply: facts.pretraining.lower() in lower(reply) or facts.chat_data.lower() in lower(reply),
+        "who": lambda reply: says(reply, facts.run) or says(reply, "glassgpt"),
+        "trainer": lambda reply: says(reply, facts.trainer),
+        "data": lambda reply: says(reply, facts.pretraining) or says(reply, facts.chat_data),
     }
     if facts.parameters > 0:
         checks["size"] = lambda reply: mentions_number(reply, facts.parameters)

