@@ -26,10 +26,10 @@ These adaptations keep CI fast and hermetic, and are the only ones: training com
 --max-steps capped at MAX_STEPS (a speedrun: every stage), evaluations (`glassgpt eval`, a
 speedrun's) score at most MAX_PER_TASK items per task, and `glassgpt bench` times one small step
 and a few tokens (we check that the documented command works, not how long it trains, how well it
-scores or how fast it is); each page's
-cache root starts with tinyshakespeare, its default tokenizer and their token shards already in
-it (the download and tokenizer code have their own tests); `~/.cache/glassgpt` in a command means
-that cache root; `glassgpt` commands run in this process through `glassgpt.cli.main`, the function
+scores or how fast it is); each page's cache root starts with tinyshakespeare and the speedrun's
+corpus, their default tokenizers and token shards, and the contamination guard's fingerprints
+already in it (the download, tokenizer and guard code have their own tests); `~/.cache/glassgpt`
+in a command means that cache root; `glassgpt` commands run in this process through `glassgpt.cli.main`, the function
 the console script calls, which saves a Python and PyTorch start-up per command (torchrun and
 the benchmark scripts still run as processes of their own); and the README's setup lines (venv,
 pip) are run by .ci/run itself, so here only their `glassgpt` part runs.
@@ -171,14 +171,20 @@ def run_in_process(argv: list[str], env: dict, cwd: Path, monkeypatch, capsys) -
 
 @pytest.fixture(scope="session")
 def warm_cache(tmp_path_factory) -> Path:
-    """A cache root holding tinyshakespeare, its default tokenizer and its token shards."""
+    """A cache root holding tinyshakespeare and the speedrun's corpus, their default tokenizers and
+    token shards, and the contamination guard's fingerprints of the evaluation questions."""
     import subprocess as sp
 
     home = tmp_path_factory.mktemp("docs-cache") / "home"
     env = {**os.environ, "GLASSGPT_HOME": str(home), "NO_COLOR": "1", "GLASSGPT_DATA_MIRROR": str(MIRROR)}
     script = ("from glassgpt.data import sources, shards; from glassgpt.data.prepare import prepare_tokenizer; "
-              "from glassgpt.config import TrainConfig; c = sources.resolve('tinyshakespeare'); c.prepare(); "
-              "shards.load_or_build(c, prepare_tokenizer(TrainConfig(), c, lambda *a: None))")
+              "from glassgpt.config import TrainConfig; from glassgpt.speedrun import PRESETS; "
+              "from glassgpt.tasks.guard import evaluation_fingerprints; "
+              "data = [TrainConfig(), TrainConfig(data=PRESETS['cpu'].base['data'])]\n"
+              "for config in data:\n"
+              "    c = sources.resolve(config.data); c.prepare()\n"
+              "    shards.load_or_build(c, prepare_tokenizer(config, c, lambda *a: None))\n"
+              "evaluation_fingerprints()")
     result = sp.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     return home

@@ -20,6 +20,7 @@ glassgpt: train your own ChatGPT-style model on a laptop CPU, and see through ev
 
 Start here:
   glassgpt quickstart                                 tokenizer + a small GPT on Shakespeare, ~2 min on 2 cores
+  glassgpt speedrun --run mychat                      your own ChatGPT: base, mid, SFT, evals, report (~30 min)
   glassgpt sample --run quickstart --prompt "ROMEO:"  talk to what you trained
 
 Everything is cached under $GLASSGPT_HOME (default ~/.cache/glassgpt). Offline? Point

@@ -227,7 +227,11 @@ def run(options: Options) -> int:
             out.print(f"[bold cyan]── {number}/{len(STAGES)} {stage}[/]: {_what(options, stage)}   "
                       f"[dim]elapsed {ui.format_duration(time.perf_counter() - started)}, {pipeline.summary()}[/]")
             stage_started = time.perf_counter()
-            interrupted = _run_stage(options, stage, out)
+            _reset_peak_rss()
+            try:
+                interrupted = _run_stage(options, stage, out)
+            except KeyboardInterrupt:  # a second Ctrl-C, or one during an evaluation
+                interrupted = True
             if interrupted:
                 out.print(f"[yellow]stopped during {stage}[/]; run the same command again to continue: "
                           f"[bold]{_command(options)}[/]")
@@ -390,8 +394,24 @@ def _command(options: Options) -> str:
     return " ".join(parts)
 
 
+def _reset_peak_rss() -> None:
+    """Start measuring a new peak of resident memory (Linux: writing 5 to clear_refs resets the
+    VmHWM high-water mark), so each stage's peak is its own."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass  # elsewhere the peak is the process's so far
+
+
 def _peak_rss_mb() -> float:
-    """This process's peak resident memory so far (ru_maxrss is in kB on Linux, bytes on macOS)."""
+    """Peak resident memory since the last reset (VmHWM), or of the whole process (ru_maxrss:
+    kB on Linux, bytes on macOS) where /proc has no VmHWM."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except (OSError, ValueError, IndexError):
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return round(peak / (2**20 if sys.platform == "darwin" else 2**10), 1)
 

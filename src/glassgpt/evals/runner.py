@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from glassgpt import atomic, paths
+from glassgpt.chat.conversation import text_of
 from glassgpt.errors import UsageError
 from glassgpt.evals import chat as chat_evals
 from glassgpt.evals import core as core_evals
@@ -100,29 +101,29 @@ class Context:
         return self.run.tokenizer
 
 
-def _pool_and_scorer(name: str, ctx: Context) -> tuple[list, Callable[[list, list[int]], list[list[dict]]], str, str]:
-    """(items, score(pool, indices) -> per index a list of results, group, kind) of a task."""
+def _pool_and_scorer(name: str, ctx: Context) -> tuple[list, Callable[[list[int]], list[list[dict]]], str, str]:
+    """(items, score(indices) -> per index the list of its results, group, kind) of a task."""
     runtime = ctx.runtime
     if name in core_evals.BY_LABEL:
         task = core_evals.BY_LABEL[name]
         pool = core_evals.items(task)
 
-        def score(pool, indices):
-            results = core_evals.score_items(task, pool, indices, ctx.model, ctx.tokenizer, runtime.device,
-                                             runtime.autocast, ctx.model.config.sequence_len)
-            return [[result] for result in results]
+        def score(indices):
+            return [[result] for result in core_evals.score_items(
+                task, pool, indices, ctx.model, ctx.tokenizer, runtime.device, runtime.autocast,
+                ctx.model.config.sequence_len)]
         return pool, score, "core", task.kind
     task = chat_evals.BY_NAME[name]
     pool = task.items(ctx.facts)
     if task.kind == chat_evals.CATEGORICAL:
-        def score(pool, indices):
-            return [[r] for r in chat_evals.score_categorical(pool, indices, ctx.model, ctx.tokenizer,
-                                                              runtime.device, runtime.autocast)]
+        def score(indices):
+            return [[result] for result in chat_evals.score_categorical(
+                pool, indices, ctx.model, ctx.tokenizer, runtime.device, runtime.autocast)]
         return pool, score, "chat", task.kind
     chat_model = _chat_model(ctx)
     samples = chat_evals.IDENTITY_SAMPLES if name == "identity" else 1
 
-    def score(pool, indices):
+    def score(indices):
         flat = chat_evals.score_generative(task, pool, indices, chat_model)
         return [flat[i * samples:(i + 1) * samples] for i in range(len(indices))]
     return pool, score, "chat", task.kind
@@ -142,8 +143,6 @@ def _question(pool: list, index: int, group: str) -> str:
         return (item.get("query") or item.get("context") or item["context_options"][0])[-300:]
     conversation = getattr(item, "conversation", None)
     messages = conversation["messages"] if conversation else item.messages
-    from glassgpt.chat.conversation import text_of
-
     return text_of(messages[-1 if messages[-1]["role"] == "user" else -2]["content"])
 
 
@@ -158,7 +157,7 @@ def run_task(name: str, ctx: Context, max_per_task: int | None, progress, on_fra
     progress.begin(name, len(mine))
     results: list[list[dict]] = []
     for first in range(0, len(mine), chunk):
-        results += score(pool, mine[first:first + chunk])
+        results += score(mine[first:first + chunk])
         progress.advance(len(results), len(mine))
         if on_fraction:
             on_fraction(len(results) / max(len(mine), 1))
@@ -267,6 +266,9 @@ def evaluate(options: EvalOptions, say=None) -> dict:
         ctx = Context(run, runtime, _facts(run))
         say = say or (ui.err_console().print if runtime.is_main else (lambda *a, **k: None))
         todo = [name for name in names if not (options.skip_done and _done(document, name, _limit(options, name)))]
+        if run.stage == "base" and any(name in GROUPS["chat"] for name in todo):
+            say(f"[yellow]note[/]: {options.run} is a base model: it was never taught the chat format, so expect "
+                "chat tasks near zero (and replies that run to their length limit); train --stage mid and sft first")
         if len(todo) < len(names):
             say(f"[dim]{len(names) - len(todo)} task(s) already evaluated at step {run.step}: kept[/]")
         pipeline = ui.pipeline()

@@ -71,18 +71,18 @@ QUESTIONS = [
 ]
 
 SPELLINGS = [
-    "Let me spell it: {spelled}.",
-    "Let me spell {word} out: {spelled}.",
-    "Spelling it out: {spelled}.",
-    "{word} is spelled {spelled}.",
-    "Letter by letter, {word} is {spelled}.",
+    " Spelled out: {spelled}.",
+    " Letter by letter: {spelled}.",
+    " ({spelled})",
+    " {word} is spelled {spelled}.",
+    "",
 ]
 
 CONCLUSIONS = {
-    "many": ["So there are {count} {letter}'s in {word}.", "That makes {count} {letter}'s in {word}.",
-             "So {word} has {count} {letter}'s."],
-    "one": ["So there is 1 {letter} in {word}.", "That makes 1 {letter} in {word}.", "So {word} has 1 {letter}."],
-    "none": ["So there are 0 {letter}'s in {word}: none at all.", "So {word} has 0 {letter}'s.",
+    "many": ["There are {count} {letter}'s in {word}.", "That makes {count} {letter}'s in {word}.",
+             "{Word} has {count} {letter}'s."],
+    "one": ["There is 1 {letter} in {word}.", "That makes 1 {letter} in {word}.", "{Word} has 1 {letter}."],
+    "none": ["There are 0 {letter}'s in {word}: none at all.", "{Word} has 0 {letter}'s.",
              "That makes 0: there is no {letter} in {word}."],
 }
 
@@ -151,16 +151,14 @@ def _conversation(word: str, letter: str, rng: random.Random) -> dict:
     result = calculate(call)
     count = word.count(letter)
     kind = "none" if count == 0 else "one" if count == 1 else "many"
-    spelled = rng.choice(SPELLINGS).format(word=word, spelled="-".join(word))
-    spelled = spelled[0].upper() + spelled[1:]
-    conclusion = rng.choice(CONCLUSIONS[kind]).format(count=count, letter=letter, word=word)
+    conclusion = rng.choice(CONCLUSIONS[kind]).format(count=count, letter=letter, word=word, Word=word.capitalize())
+    spelled = rng.choice(SPELLINGS).format(word=word.capitalize(), spelled="-".join(word))
     return {"messages": [
         {"role": "user", "content": question},
         {"role": "assistant", "content": [
-            {"type": "text", "text": spelled},
             {"type": "tool_call", "text": call},
             {"type": "tool_result", "text": result.text},
-            {"type": "text", "text": conclusion}]}]}
+            {"type": "text", "text": conclusion + spelled}]}]}
 
 
 def load(split: str, facts: Facts) -> list[dict]:
