@@ -9,6 +9,7 @@ for others (the worker's `run_checks`, in this process). A mistake is
     caught  when some check fails or errors, but none names it;
     missed  when every check passes.
 
+The blind plants were written after the grader's changes and not tuned to; they are counted apart.
 The controls (correct files written differently) must pass every check. The grader measured is
 whichever glassgpt is imported, so the same script measures another version of it:
 
@@ -29,7 +30,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "fixtures"))
 
-from planted_mistakes import CONTROLS, PLANTS, Plant, named  # noqa: E402
+from planted_mistakes import BLIND, CONTROLS, PLANTS, Plant, named  # noqa: E402
 
 import glassgpt  # noqa: E402
 from glassgpt.learn import checks as grading  # noqa: E402
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     one_thread()
-    plants = [p for p in PLANTS + CONTROLS if not args.only or p.name in args.only]
+    plants = [p for p in PLANTS + BLIND + CONTROLS if not args.only or p.name in args.only]
     print(f"grader: {Path(glassgpt.__file__).parent}")
     rows, started = [], time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="grader-mistakes-") as tmp:
@@ -88,20 +89,25 @@ def main(argv: list[str] | None = None) -> int:
                 outcome, record = ("passes" if not failing else "FAILS"), (failing[0] if failing else None)
             else:
                 outcome, record = verdict(plant, records)
-            rows.append({"plant": plant.name, "family": plant.family, "control": control, "outcome": outcome,
+            rows.append({"plant": plant.name, "family": plant.family, "control": control, "blind": plant in BLIND,
+                         "outcome": outcome,
                          "check": record and record["name"], "message": record and record.get("message"),
                          "seconds": round(time.perf_counter() - begin, 2)})
             check = record["name"] if record else "-"
-            print(f"{plant.name:34s} {plant.family:8s} {outcome:7s} {check:22s} {rows[-1]['seconds']:6.1f} s", flush=True)
+            print(f"{plant.name:36s} {plant.family:8s} {outcome:7s} {check:22s} {rows[-1]['seconds']:6.1f} s",
+                  flush=True)
             if args.verbose and record:
                 print(f"    {record.get('message')}\n    hint: {record.get('hint')}", flush=True)
-    mistakes = [r for r in rows if not r["control"]]
-    counts = {k: sum(r["outcome"] == k for r in mistakes) for k in ("named", "caught", "missed")}
-    total = len(mistakes)
-    print(f"\n{total} planted mistakes: named {counts['named']}, caught but not named {counts['caught']}, "
-          f"missed {counts['missed']} (caught in all: {counts['named'] + counts['caught']}/{total}); "
-          f"controls passing: {sum(r['outcome'] == 'passes' for r in rows if r['control'])}/"
-          f"{sum(r['control'] for r in rows)}; {time.perf_counter() - started:.0f} s")
+    for label, group in (("planted mistakes", [r for r in rows if not r["control"] and not r["blind"]]),
+                         ("blind mistakes (written after the grader, not tuned to)", [r for r in rows if r["blind"]])):
+        if group:
+            counts = {k: sum(r["outcome"] == k for r in group) for k in ("named", "caught", "missed")}
+            caught = counts["named"] + counts["caught"]
+            print(f"\n{len(group)} {label}: named {counts['named']}, caught but not named {counts['caught']}, "
+                  f"missed {counts['missed']} (caught in all: {caught}/{len(group)})", end="")
+    controls = [r for r in rows if r["control"]]
+    print(f"\ncontrols passing: {sum(r['outcome'] == 'passes' for r in controls)}/{len(controls)}; "
+          f"{time.perf_counter() - started:.0f} s")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
     return 0

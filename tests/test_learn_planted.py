@@ -26,9 +26,9 @@ from glassgpt.learn.worker import run_check
 from glassgpt.see.registry import grader_hint
 
 sys.path.insert(0, str(Path(__file__).parent / "fixtures"))
-from planted_mistakes import CONTROLS, PLANTS, named  # noqa: E402
+from planted_mistakes import BLIND, CONTROLS, PLANTS, named  # noqa: E402
 
-BY_NAME = {p.name: p for p in PLANTS + CONTROLS}
+BY_NAME = {p.name: p for p in PLANTS + BLIND + CONTROLS}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -55,6 +55,13 @@ def test_each_planted_mistake_fails_its_check_and_is_named(name, tmp_path):
         return
     assert named(plant, result.message, result.hint, result.mistake, result.config_fields), \
         f"{plant.why}: the report does not name {plant.names}: {result.message} (hint: {result.hint})"
+
+
+@pytest.mark.parametrize("name", [p.name for p in BLIND])
+def test_mistakes_the_grader_was_not_designed_around_still_fail(name, tmp_path):
+    plant = BY_NAME[name]
+    result = grade(plant.write(tmp_path), plant.family, [plant.check])[plant.check]
+    assert result.status in ("fail", "error"), (plant.why, result.message)
 
 
 @pytest.mark.parametrize("name, checks", [

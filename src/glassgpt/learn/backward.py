@@ -35,7 +35,8 @@ class InplaceCall:
 
 def _operation_name(func, kwargs: dict) -> str:
     name = getattr(func, "__name__", str(func))
-    spelled = {"add_": "+=", "sub_": "-=", "mul_": "*=", "div_": "/=", "__setitem__": "an indexed assignment x[…] = …"}
+    spelled = {"add_": "+=", "sub_": "-=", "mul_": "*=", "div_": "/=",
+               "__setitem__": "an indexed assignment x[…] = …"}
     if name == "__setitem__":
         return spelled[name]
     if kwargs.get("inplace"):

@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from glassgpt.config import TrainConfig
-from glassgpt.learn import describe, dropout, mistakes
+from glassgpt.learn import describe, dropout, fits, mistakes
 from glassgpt.learn.backward import locate_inplace
 from glassgpt.learn.compare import Comparison, compare
 from glassgpt.learn.loader import where_in
@@ -358,11 +358,11 @@ def _shape_culprit(ctx: Context, s: Setting, learner_module, part) -> tuple[str,
 
 def fail_unless(comparison: Comparison, component: str | None = None, diagnose_args: tuple = (), got=None,
                 hint: str | None = None, properties: tuple[Callable[[], None], ...] = (),
-                fits: tuple[Callable[[], "Fitted | None"], ...] = ()) -> None:
+                constants: tuple[Callable[[], "fits.Fitted | None"], ...] = ()) -> None:
     """Raise CheckFailed unless `comparison` passed, saying why as well as can be said.
 
     In order: NaN or inf where the reference is finite (where, and the likely cause); the
-    catalogued mistake `got` matches; a constant fitted from the output (`fits`); the first
+    catalogued mistake `got` matches; a constant fitted from the output (`constants`, see fits.py); the first
     property check that fails (its message, with the comparison kept for the details); else the
     comparison, whose summary ends with the relation in words when one was found."""
     if comparison.ok:
@@ -376,7 +376,7 @@ def fail_unless(comparison: Comparison, component: str | None = None, diagnose_a
     if mistake is not None:
         comparison.relation = None  # the catalogue's name says it better
         raise mistake_failure(comparison.summary(), mistake.id, comparison)
-    for fit in fits:
+    for fit in constants:
         try:
             fitted = fit()
         except Exception:  # noqa: BLE001 (the fit does not apply to what the learner returned)
@@ -396,15 +396,6 @@ def fail_unless(comparison: Comparison, component: str | None = None, diagnose_a
     if hint is None and comparison.relation:
         hint = grader_hint("words")
     raise CheckFailed(comparison.summary(), comparison, None, hint)
-
-
-@dataclass
-class Fitted:
-    """A constant of the learner's, fitted from its output, that differs from the reference's."""
-
-    words: str
-    hint: str  # registry key
-    fields: list[str] | None = None
 
 
 def fail_if_nonfinite(tensor, what: str, component: str, axes: tuple[str, ...]) -> None:
@@ -481,7 +472,8 @@ def _fail_input_changed(ctx: Context, what: str, learner_module, inputs: list[to
     if calls:
         frame = calls[0].frame
         code = f" ({frame.line.strip()})" if frame.line else ""
-        where = f": {ctx.path.name} line {frame.lineno} in {frame.name}{code}, the in-place operation {calls[0].operation}"
+        where = (f": {ctx.path.name} line {frame.lineno} in {frame.name}{code}, the in-place operation "
+                 f"{calls[0].operation}")
     raise CheckFailed(f"your {what} changes its input in place{where}; the caller still reads that tensor (a norm's "
                       "input is the residual stream, which is added to afterwards)", hint=grader_hint("inplace.input"))
 
@@ -638,9 +630,9 @@ def check_norm(ctx: Context, s: Setting):
         ref_in, learn_in, ref_out, got = run_component(ctx, "Norm", reference, learner, [inputs])
         # RMS 1 per vector is what RMSNorm is for (not on the tiny input, which eps damps on purpose)
         unit_rms = (functools.partial(_check_unit_rms, got),) if ctx.family == "nanochat" and inputs is x else ()
-        fits = (functools.partial(_fit_norm_eps, reference, inputs, got),)
         fail_unless(ctx.compare(f"Norm output for {label}", ref_out, got, tolerance["output"], STREAM, s),
-                    "forward.norm", (reference, inputs), got, properties=unit_rms, fits=fits)
+                    "forward.norm", (reference, inputs), got, properties=unit_rms,
+                    constants=(functools.partial(fits.norm_eps, reference, inputs, got),))
         for check_property in unit_rms:
             check_property()
         if inputs is with_zero:  # at a zero vector the gradient is 1/sqrt(eps): it says nothing more
@@ -659,38 +651,6 @@ def _check_unit_rms(got: torch.Tensor) -> None:
                           hint=grader_hint("property.unit_rms"))
 
 
-def _fit_norm_eps(reference, x: torch.Tensor, got: torch.Tensor) -> Fitted | None:
-    """The eps that makes the reference's norm output what the learner's did, when one does."""
-    from glassgpt.model.gpt import NORM_EPS
-
-    got = got.detach()
-
-    def norm(eps: float) -> torch.Tensor:
-        if reference.kind == "layer":
-            return torch.nn.functional.layer_norm(x, (x.shape[-1],), reference.weight, reference.bias, eps)
-        return torch.nn.functional.rms_norm(x, (x.shape[-1],), reference.weight, eps)
-
-    candidates = [0.0] + [10.0 ** (e / 4) for e in range(-64, 1)]
-    errors = [(norm(eps) - got).abs().max().item() for eps in candidates]
-    best = candidates[min(range(len(candidates)), key=errors.__getitem__)]
-    if best:  # refine between the neighbouring grid points
-        lo, hi = math.log10(best) - 0.25, math.log10(best) + 0.25
-        for _ in range(40):
-            a, b = lo + (hi - lo) / 3, hi - (hi - lo) / 3
-            if (norm(10 ** a) - got).abs().max() < (norm(10 ** b) - got).abs().max():
-                hi = b
-            else:
-                lo = a
-        best = 10 ** ((lo + hi) / 2)
-    if not describe._close(got, norm(best)) or math.isclose(best, NORM_EPS, rel_tol=0.05):
-        return None
-    if best == 0:
-        return Fitted(f"your norm's output is the reference's with no eps at all (NORM_EPS is {NORM_EPS:g})",
-                      "words.norm_eps")
-    return Fitted(f"your norm's output is the reference's with eps {best:.2g} instead of NORM_EPS = {NORM_EPS:g}",
-                  "words.norm_eps")
-
-
 def check_rotary_tables(ctx: Context, s: Setting):
     T, D, base = s.config.sequence_len, s.config.head_dim, s.config.rope_base
     expected = rotary_tables(T, D, base)
@@ -702,29 +662,7 @@ def check_rotary_tables(ctx: Context, s: Setting):
                                  TOLERANCES["forward.rotary_tables"]["output"], ("position", "frequency pair"), s)
         if not comparison.ok:
             fail_unless(comparison, "forward.rotary_tables", (None, T, D, base), got,
-                        fits=(functools.partial(_fit_rope_base, got, T, D, base, ctx.default.config.rope_base),))
-
-
-def _fit_rope_base(got, T: int, D: int, base: float, default_base: float) -> Fitted | None:
-    """The base the learner's tables turn at, read from the angle of pair 1 at position 1. Only the
-    default setting's base (a hard-coded default) is said to be config.rope_base's fault: another
-    base can come from another mistake (a hard-coded head_dim turns at base^(12/16))."""
-    cos, sin = got
-    if D < 4 or T < 2:
-        return None
-    angle = math.atan2(float(sin[1, 1]), float(cos[1, 1]))  # base^(-2/D) radians per token
-    if not 0 < angle < 1:
-        return None
-    fitted = angle ** (-D / 2)
-    candidates = [fitted] + [b for b in (10000.0, 500.0, 1e6, 100000.0) if math.isclose(b, fitted, rel_tol=0.01)]
-    for candidate in reversed(candidates):
-        cos_f, sin_f = rotary_tables(T, D, candidate)
-        if describe._close(cos, cos_f) and describe._close(sin, sin_f):
-            hard_coded = math.isclose(candidate, default_base, rel_tol=1e-3)
-            return Fitted(f"your tables turn at base {candidate:.6g} (pair i by {candidate:.6g}^(-2i/head_dim) per "
-                          f"token), the grader asked for base {base:g}", "words.rope_base",
-                          ["rope_base"] if hard_coded else None)
-    return None
+                        constants=(functools.partial(fits.rope_base, got, T, D, base, ctx.default.config.rope_base),))
 
 
 def check_apply_rotary(ctx: Context, s: Setting):
@@ -752,7 +690,8 @@ def check_apply_rotary(ctx: Context, s: Setting):
     if leaf.grad is None:
         raise CheckFailed("apply_rotary: no gradient reached the input", hint=grader_hint("gradient.missing"))
     fail_unless(ctx.compare("apply_rotary: gradient of the input", reference_leaf.grad, leaf.grad,
-                            TOLERANCES["forward.apply_rotary"]["gradient"], HEADS, s), hint=grader_hint("gradient.only"))
+                            TOLERANCES["forward.apply_rotary"]["gradient"], HEADS, s),
+                hint=grader_hint("gradient.only"))
 
 
 def _check_rope_is_relative(ctx: Context) -> None:
@@ -793,7 +732,8 @@ def check_mlp(ctx: Context, s: Setting):
     compare_gradients(ctx, "MLP", reference, learner, ref_in[0], learn_in[0], "forward.mlp", (ref_out, got),
                       (reference, x), s)
     if s.config.dropout:
-        check_dropout(ctx, s, "your MLP's output", reference, learner, [x], tolerance=TOLERANCES["forward.mlp"]["output"])
+        check_dropout(ctx, s, "your MLP's output", reference, learner, [x],
+                      tolerance=TOLERANCES["forward.mlp"]["output"])
 
 
 def check_attention(ctx: Context, s: Setting):
@@ -810,7 +750,7 @@ def check_attention(ctx: Context, s: Setting):
     if not comparison.ok:
         fail_if_random_in_eval(s, "your attention", learner, [x], (s.cos, s.sin))
     fail_unless(comparison, "forward.attention", (reference, x, s.cos, s.sin), got, properties=properties,
-                fits=(functools.partial(_fit_attention_scale, s, reference, x, got),))
+                constants=(functools.partial(fits.attention_scale, s, reference, x, got),))
     backward_both(ctx, "attention", ref_out, got, rerun_component(learner, [x], (s.cos, s.sin)))
     compare_gradients(ctx, "attention", reference, learner, ref_in[0], learn_in[0], "forward.attention",
                       (ref_out, got), (reference, x, s.cos, s.sin), s)
@@ -819,36 +759,6 @@ def check_attention(ctx: Context, s: Setting):
     if s.config.dropout:
         check_dropout(ctx, s, "your attention's output", reference, learner, [x], (s.cos, s.sin),
                       TOLERANCES["forward.attention"]["output"])
-
-
-def _fit_attention_scale(s: Setting, reference, x: torch.Tensor, got) -> Fitted | None:
-    """The factor the learner's q·kᵀ is multiplied by, when the reference attention with that factor
-    reproduces its output: said as a factor of the reference's scores, and named when it is one
-    of the setting's sizes (1/sqrt(n_embd), 1/head_dim...)."""
-    right = reference.scale
-
-    def error(factor: float) -> float:
-        with torch.no_grad():
-            return (mistakes.attention_variant(reference, x, s.cos, s.sin, factor=factor) - got).abs().max().item()
-
-    grid = [right * 10 ** (e / 8) for e in range(-24, 25)]
-    best = min(grid, key=error)
-    lo, hi = math.log(best) - math.log(10) / 8, math.log(best) + math.log(10) / 8
-    for _ in range(40):
-        a, b = lo + (hi - lo) / 3, hi - (hi - lo) / 3
-        if error(math.exp(a)) < error(math.exp(b)):
-            hi = b
-        else:
-            lo = a
-    factor = math.exp((lo + hi) / 2)
-    with torch.no_grad():
-        fitted = mistakes.attention_variant(reference, x, s.cos, s.sin, factor=factor)
-    if not describe._close(got.detach(), fitted) or math.isclose(factor, right, rel_tol=1e-3):
-        return None
-    named = describe.name_factor(factor, s.quantities())
-    return Fitted(f"the attention scores are {describe.factor_words(factor / right, s.quantities())}: q·kᵀ is "
-                  f"multiplied by {factor:.4g}{named} where the reference multiplies by {right:.4g} "
-                  f"(= 1/sqrt(head_dim)): check the scale", "words.attention_scale")
 
 
 def _check_rows_sum_to_one(ctx: Context) -> None:
@@ -925,7 +835,8 @@ def _check_gqa(ctx: Context, learner, x: torch.Tensor) -> None:
     if not torch.allclose(grouped, duplicated, atol=atol, rtol=rtol):
         raise CheckFailed(f"grouped-query attention ({config.n_head} query heads, {config.n_kv_head} key/value heads) "
                           "should equal full attention with each key/value head duplicated for its group; yours "
-                          f"differs by up to {(grouped - duplicated).abs().max():.3g}", hint=grader_hint("property.gqa"))
+                          f"differs by up to {(grouped - duplicated).abs().max():.3g}",
+                          hint=grader_hint("property.gqa"))
 
 
 def check_block(ctx: Context, s: Setting):
@@ -944,7 +855,8 @@ def check_block(ctx: Context, s: Setting):
     compare_gradients(ctx, "Block", reference, learner, ref_in[0], learn_in[0], "forward.block", (ref_out, got),
                       (reference, x, s.cos, s.sin), s)
     if s.config.dropout:
-        check_dropout(ctx, s, "your Block's output", reference, learner, [x], (s.cos, s.sin), TOLERANCES["forward.block"]["output"])
+        check_dropout(ctx, s, "your Block's output", reference, learner, [x], (s.cos, s.sin),
+                      TOLERANCES["forward.block"]["output"])
 
 
 # -- phase: full forward -----------------------------------------------------------------------------
@@ -972,13 +884,14 @@ def check_forward(ctx: Context, s: Setting):
             raise CheckFailed(comparison.summary() + (f"; {where}" if where else ""), comparison,
                               hint=grader_hint(cause))
         mistake = mistakes.diagnose("forward.gpt", logits, s.reference, s.idx)
-        fitted = None if mistake else _fit_softcap(s, logits, ctx.default.config.softcap)
+        fitted = None if mistake else fits.softcap(s, logits, ctx.default.config.softcap)
         if mistake or fitted:  # their words say it better
             comparison.relation = None
         hint = mistake.hint if mistake else grader_hint(fitted.hint) if fitted else (
             grader_hint("words") if comparison.relation or relation_there else None)
-        raise CheckFailed(comparison.summary() + (f"; {fitted.words}" if fitted else "") + (f"; {where}" if where else ""),
-                          comparison, mistake and mistake.id, hint, fitted.fields if fitted else None)
+        words = "".join(f"; {part}" for part in (fitted and fitted.words, where) if part)
+        raise CheckFailed(comparison.summary() + words, comparison, mistake and mistake.id, hint,
+                          fitted.fields if fitted else None)
     loss = model(s.idx, s.targets)
     comparison = ctx.compare("GPT loss (some targets are -1)", s.ref_loss, loss, tolerance["loss"], (), s)
     if not comparison.ok:
@@ -998,53 +911,26 @@ def check_forward(ctx: Context, s: Setting):
         _check_gpt_dropout(ctx, s, model)
 
 
-def _fit_softcap(s: Setting, logits, default_cap: float | None) -> Fitted | None:
-    """The cap c of the learner's c · tanh(raw / c), when one reproduces its logits from the
-    reference's raw logits (config.softcap's fault when c is the default setting's cap)."""
-    if not isinstance(logits, torch.Tensor) or logits.shape != s.ref_logits.shape:
-        return None
-    raw, got = s.trace["lm_head.logits_raw"], logits.detach().float()
-    limit = got.abs().max().item()
-    if not 0 < limit < raw.abs().max().item():
-        return None
-    lo, hi = math.log(limit), math.log(1e4)
-    for _ in range(60):
-        a, b = lo + (hi - lo) / 3, hi - (hi - lo) / 3
-        if (math.exp(a) * torch.tanh(raw / math.exp(a)) - got).abs().max() < \
-                (math.exp(b) * torch.tanh(raw / math.exp(b)) - got).abs().max():
-            hi = b
-        else:
-            lo = a
-    cap = math.exp((lo + hi) / 2)
-    if not describe._close(got, cap * torch.tanh(raw / cap)):
-        return None
-    wanted = s.config.softcap
-    if wanted is not None and math.isclose(cap, wanted, rel_tol=1e-3):
-        return None
-    asked = f"config.softcap is {wanted:g}" if wanted is not None else "this family has no softcap (config.softcap is None)"
-    hard_coded = default_cap is not None and math.isclose(cap, default_cap, rel_tol=1e-3)
-    return Fitted(f"your logits are capped at ±{cap:.4g} (c · tanh(logits / c) with c = {cap:.4g}); {asked}",
-                  "words.softcap", ["softcap"] if hard_coded else None)
-
-
 def _check_gpt_dropout(ctx: Context, s: Setting, model) -> None:
     """With config.dropout > 0, the whole model in training mode drops like the reference; a
     difference names the first trace point where the share of zeroed values differs."""
     reference = s.reference
     same = lambda a, b: compare("", a, b, *TOLERANCES["forward.gpt"]["logits"], explain=False).ok  # noqa: E731
     with dropout.training(reference, model):
-        finding = dropout.compare_training_mode("the output of your GPT (its logits)", s.config.dropout, lambda: reference(s.idx),
-                                                lambda: model(s.idx), s.ref_logits, same)
+        finding = dropout.compare_training_mode("the output of your GPT (its logits)", s.config.dropout,
+                                                lambda: reference(s.idx), lambda: model(s.idx), s.ref_logits, same)
         if finding is None:
             return
         site = _dropout_site(s, model)
-    raise CheckFailed(finding.message + (f"; {site}" if site else ""), hint=grader_hint(finding.hint), fields=["dropout"])
+    raise CheckFailed(finding.message + (f"; {site}" if site else ""), hint=grader_hint(finding.hint),
+                      fields=["dropout"])
 
 
 def _dropout_site(s: Setting, model) -> str | None:
     """In training mode, the first trace point at which the share of values dropout zeroed differs
     from the reference's (the embedding's, an attention's or an MLP's output)."""
-    names = ["blocks.0.resid.pre"] + [f"blocks.{i}.{part}.out" for i in range(s.config.n_layer) for part in ("attn", "mlp")]
+    names = ["blocks.0.resid.pre"] + [f"blocks.{i}.{part}.out" for i in range(s.config.n_layer)
+                                      for part in ("attn", "mlp")]
     torch.manual_seed(dropout.SEED)
     with torch.no_grad(), taps.RecordingTracer(names) as theirs:
         s.reference(s.idx)
@@ -1057,7 +943,8 @@ def _dropout_site(s: Setting, model) -> str | None:
         share_ref = float((theirs.tensors[name] == 0).float().mean())
         share = float((mine.tensors[name] == 0).float().mean())
         if abs(share - share_ref) > 0.05:
-            return f"at trace point {name}, dropout zeroes {share:.0%} of your values and {share_ref:.0%} of the reference's"
+            return (f"at trace point {name}, dropout zeroes {share:.0%} of your values and {share_ref:.0%} of the "
+                    "reference's")
     return None
 
 
@@ -1309,12 +1196,14 @@ def check_generation(ctx: Context, s: Setting):
     if got != expected:
         first = next(i for i, (a, b) in enumerate(zip(got, expected)) if a != b)
         full_at = s.config.sequence_len - prompt.shape[1]  # from this new token on, the context is cropped
-        crop = None if not explaining() else next((c for c in dict.fromkeys([ctx.default.config.sequence_len, *range(s.config.sequence_len - 1, 0, -1)])
-                     if c < s.config.sequence_len and reference_greedy(s.reference, prompt, new_tokens, c) == got), None)
+        # the context the learner's tokens follow from, when it is cropped shorter than sequence_len
+        crops = [c for c in dict.fromkeys([ctx.default.config.sequence_len, *range(s.config.sequence_len - 1, 0, -1)])
+                 if c < s.config.sequence_len] if explaining() else []
+        crop = next((c for c in crops if reference_greedy(s.reference, prompt, new_tokens, c) == got), None)
         if crop is not None:  # the learner's tokens are the reference's with the context cropped shorter
-            raise CheckFailed(f"greedy generation differs from the reference's at new token {first}: your tokens are "
-                              f"the reference's with the context cropped to the last {crop} tokens; config.sequence_len "
-                              f"is {s.config.sequence_len}", hint=grader_hint("generation.crop"),
+            raise CheckFailed(f"greedy generation differs from the reference's at new token {first}: your tokens "
+                              f"are the reference's with the context cropped to the last {crop} tokens; "
+                              f"config.sequence_len is {s.config.sequence_len}", hint=grader_hint("generation.crop"),
                               fields=["sequence_len"] if crop == ctx.default.config.sequence_len else None)
         raise CheckFailed(f"greedy generation differs from the reference's at new token {first}: got {got[first]}, "
                           f"expected {expected[first]}" + (f" (the context is longer than sequence_len "

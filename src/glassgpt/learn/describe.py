@@ -24,7 +24,8 @@ NAMED_FROM = 4.5
 ATOL, RTOL = 1e-4, 1e-3
 
 
-def _close(got: torch.Tensor, expected: torch.Tensor, atol: float = ATOL, rtol: float = RTOL) -> bool:
+def close(got: torch.Tensor, expected: torch.Tensor, atol: float = ATOL, rtol: float = RTOL) -> bool:
+    """Within the loose tolerance that identifies a relation (or a fitted constant)."""
     return got.shape == expected.shape and bool(((got - expected).abs() <= atol + rtol * expected.abs()).all())
 
 
@@ -152,41 +153,41 @@ def relation(got, expected: torch.Tensor, axes: tuple[str, ...], quantities: dic
     if not (torch.isfinite(got).all() and torch.isfinite(expected).all()):
         return None
     axes = axes if len(axes) == expected.dim() else tuple(f"axis {d}" for d in range(expected.dim()))
-    close = lambda a, b: _close(a, b, atol, rtol)  # noqa: E731
+    near = lambda a, b: close(a, b, atol, rtol)  # noqa: E731
     if got.shape != expected.shape:
         if got.numel() != expected.numel() or sorted(got.shape) != sorted(expected.shape):
             return None
         for order in itertools.permutations(range(expected.dim())):
-            if expected.permute(order).shape == got.shape and close(got, expected.permute(order)):
+            if expected.permute(order).shape == got.shape and near(got, expected.permute(order)):
                 moved = [axes[d] for d in order]
                 return (f"yours is the reference's with its axes in the order ({', '.join(moved)}) instead of "
                         f"({', '.join(axes)}): transposed")
         return None
-    if close(got, expected):
+    if near(got, expected):
         return None
     if expected.numel() == 1:  # one number: any two differ by a factor; say it only when the factor is a size
         k = float(got.flatten()[0] / expected.flatten()[0]) if float(expected.flatten()[0]) else 0.0
         named = name_factor(abs(k), quantities or {}, NAMED_FROM) if k > 0 else ""
         return f"yours is {factor_words(k, quantities)}" if named else None
     for i, j in itertools.combinations(range(expected.dim()), 2):
-        if expected.shape[i] == expected.shape[j] > 1 and close(got, expected.transpose(i, j)):
+        if expected.shape[i] == expected.shape[j] > 1 and near(got, expected.transpose(i, j)):
             return f"yours is the reference's with the {axes[i]} and {axes[j]} axes swapped: transposed"
     norm = (expected * expected).sum()
     if norm > 0:
         k = float((got * expected).sum() / norm)
-        if close(got, k * expected):
+        if near(got, k * expected):
             return f"yours is {factor_words(k, quantities)} everywhere"
     offset = float((got - expected).mean())
-    if abs(offset) > atol and close(got, expected + offset):
+    if abs(offset) > atol and near(got, expected + offset):
         return f"yours is the reference's {'+' if offset > 0 else '-'} {abs(offset):.3g} everywhere: a constant offset"
     for dim, axis in enumerate(axes):
-        words = _shift(got, expected, dim, axis, close) or _order(got, expected, dim, axis, atol, rtol)
+        words = _shift(got, expected, dim, axis, near) or _order(got, expected, dim, axis, atol, rtol)
         if words:
             return words
     return _where_different(got, expected, axes, atol, rtol)
 
 
-def _shift(got, expected, dim: int, axis: str, close) -> str | None:
+def _shift(got, expected, dim: int, axis: str, near) -> str | None:
     n = expected.shape[dim]
     for s in (1, -1, 2, -2):
         if n - abs(s) < 2:
@@ -194,7 +195,7 @@ def _shift(got, expected, dim: int, axis: str, close) -> str | None:
         mine = got.narrow(dim, max(s, 0), n - abs(s))
         theirs = expected.narrow(dim, max(-s, 0), n - abs(s))
         # (values that do not change along the axis would match any shift)
-        if close(mine, theirs) and not close(mine, expected.narrow(dim, max(s, 0), n - abs(s))):
+        if near(mine, theirs) and not near(mine, expected.narrow(dim, max(s, 0), n - abs(s))):
             amount = "one" if abs(s) == 1 else str(abs(s))
             plural = axis if abs(s) == 1 else _plural(axis)
             sign = "-" if s > 0 else "+"

@@ -110,8 +110,9 @@ def compare_training_mode(what: str, p: float, reference: Callable[[], torch.Ten
         if zeroed == 0:
             return Finding(f"in training mode, no value of {what} is ever zeroed; the reference's dropout zeroes "
                            f"{zeroed_ref:.0%} of them (config.dropout = {p:g}): a dropout is missing", "dropout.sites")
-        return Finding(f"in training mode, dropout zeroes {zeroed:.1%} of the values of {what}, and {zeroed_ref:.1%} of "
-                       f"the reference's (config.dropout = {p:g}): dropout at another rate (a hard-coded one?)",
+        return Finding(f"in training mode, dropout zeroes {zeroed:.1%} of the values of {what}, and "
+                       f"{zeroed_ref:.1%} of the reference's (config.dropout = {p:g}): dropout at another rate (a "
+                       "hard-coded one?) or at another place",
                        "dropout.rate")
     factor, factor_ref = _mean_factor(mine, eval_output), _mean_factor(theirs, eval_output)
     if abs(factor - factor_ref) > MEAN_SLACK:
