@@ -524,6 +524,85 @@ _GRADER_HINTS: dict[str, str] = {
                          "context; append it and repeat.",
     "generation.crop": "Once the text is longer than config.sequence_len, feed the model only its last "
                        "sequence_len tokens: idx[:, -config.sequence_len:].",
+    # a failure under the grader's varied setting only: the learner's code does not follow a config field
+    "config.n_layer": "Build config.n_layer blocks: nn.ModuleList(Block(config, i) for i in range(config.n_layer)).",
+    "config.n_embd": "Size every layer from config.n_embd (C), never from a number: the width changes with the model.",
+    "config.n_head": "Split into config.n_head query heads of config.head_dim = n_embd // n_head each: read both from "
+                     "the config, in view(B, T, n_head, head_dim) and in the scale 1/sqrt(head_dim).",
+    "config.n_kv_head": "c_k and c_v have config.n_kv_head · head_dim outputs, and each key/value head serves "
+                        "n_head // n_kv_head query heads: compute that group from the config, not a constant.",
+    "config.head_dim": "head_dim = n_embd // n_head changes with both: use config.head_dim (or n_embd // n_head) "
+                       "wherever the size of one head is meant (the view into heads, the scale 1/sqrt(head_dim), "
+                       "the rotary frequencies base^(-2i/head_dim)), never a number.",
+    "config.vocab_size": "The embedding and the head have config.vocab_size rows.",
+    "config.sequence_len": "Size the rotary tables and learned positions for config.sequence_len positions, slice them "
+                           "to the T of the input, and crop generation to the last config.sequence_len tokens.",
+    "config.mlp_ratio": "The MLP's hidden width is config.mlp_hidden = config.mlp_ratio · n_embd (4 · n_embd by "
+                        "default): read it from the config rather than writing 4.",
+    "config.rope_base": "rotary_tables(seq_len, head_dim, base) turns pair i by base^(-2i/head_dim): use its base "
+                        "argument, and call it with config.rope_base when building the tables in GPT.__init__.",
+    "config.softcap": "The softcap is c · tanh(logits / c) with c = config.softcap, not a number written in the code.",
+    "config.dropout": "Apply dropout with p = config.dropout, only in training mode: F.dropout(x, p, self.training) "
+                      "or an nn.Dropout(config.dropout) module (model.eval() turns it off).",
+    "config.several": "Your code follows the default config but not the varied one: look for numbers written where a "
+                      "config field (n_head, n_kv_head, n_embd, sequence_len, mlp_ratio, rope_base, softcap, dropout) "
+                      "should be read.",
+    "error.sizes": "The numbers in this error are sizes of the grading model, named after the config fields they "
+                   "equal: find where a tensor of one size meets one of another (for example keys and values with "
+                   "n_kv_head heads meeting queries with n_head heads need repeat_interleave(n_head // n_kv_head)).",
+    # a difference said in words (a constant factor, an offset, a shift, another order...)
+    "words": "The difference has a simple shape (said after the numbers): a constant factor points at a scale or a "
+             "normalisation, an offset at a bias or an added term, a shift at an index off by one, another order at "
+             "a reshape, transpose or indexing, a difference at some positions only at masking or slicing.",
+    "words.norm_eps": "eps = NORM_EPS (1e-5), inside the square root: x / sqrt(mean(x²) + eps).",
+    "words.rope_base": "rotary_tables(seq_len, head_dim, base) must use its base argument: the frequencies are "
+                       "base^(-2i/head_dim), and GPT.__init__ passes config.rope_base.",
+    "words.attention_scale": "The scores are q·kᵀ / sqrt(head_dim), with head_dim = n_embd // n_head the size of one "
+                             "head (not n_embd, not head_dim itself).",
+    "words.softcap": "The softcap is c · tanh(logits / c) with c = config.softcap (None: no softcap at all).",
+    # NaN or inf where the reference is finite: the likely cause, from where they are
+    "nonfinite.masked_diagonal": "The first position(s) have no key left to attend to: a query may see itself, so mask "
+                                 "only the later keys (j > i: torch.ones(T, T).tril() keeps j ≤ i, triu(diagonal=1) "
+                                 "marks j > i). Softmax over a row that is all -inf is 0/0 = NaN.",
+    "nonfinite.masked_inverted": "The last position has no key left to attend to, yet with a causal mask it sees "
+                                 "every key: the mask looks inverted (masked_fill(mask, -inf) where the mask marks "
+                                 "the keys to keep; use ~mask). Softmax over a row of -inf is NaN.",
+    "nonfinite.masked_row": "Some queries have every key masked: softmax over a row that is all -inf is 0/0 = NaN. "
+                            "Each query must keep at least itself (mask only j > i).",
+    "nonfinite.overflow": "Values overflowed float32 (beyond 3.4e38): typically exp() of a large number. Subtract the "
+                          "row maximum before exp (torch.softmax and F.cross_entropy do), or use the library function.",
+    "nonfinite.log_zero": "A log of zero: log(softmax(…)) underflows to log(0) = -inf for unlikely tokens. Use "
+                          "F.cross_entropy on the logits (or log_softmax), which never takes the log of 0.",
+    "nonfinite.zero_division": "A division of zero by zero: a vector that is all zeros has mean(x²) = 0, so "
+                               "x / sqrt(mean(x²)) is 0/0 = NaN. eps inside the square root keeps the denominator "
+                               "positive.",
+    "nonfinite.loss": "The loss is NaN: 0/0 (a mean over no counted targets), or inf - inf in a hand-written "
+                      "log-sum-exp. Use F.cross_entropy(logits, targets, ignore_index=-1) and divide by the count "
+                      "clamped to at least 1.",
+    "nonfinite.other": "NaN appears where the reference stays finite: look for 0/0, inf - inf, sqrt or log of a "
+                       "negative number, or a softmax over a row that is all -inf.",
+    "nonfinite.training": "The loss became NaN or inf during training: one step's forward or backward produced a "
+                          "non-finite value (0/0, an overflow, a log of zero); glassgpt learn check --component "
+                          "forward names where.",
+    # dropout (checked under the varied setting, where config.dropout > 0)
+    "dropout.eval": "Dropout must be off in eval mode: F.dropout(x, p, self.training) (F.dropout's own default is "
+                    "training=True, which drops even in eval mode), or an nn.Dropout module, which follows "
+                    "model.eval().",
+    "dropout.ignored": "Apply dropout with p = config.dropout in training mode: F.dropout(x, config.dropout, "
+                       "self.training), or nn.Dropout(config.dropout).",
+    "dropout.rate": "Use p = config.dropout, not a number of your own, and apply dropout once at each place.",
+    "dropout.scale": "Dropout divides the values it keeps by 1 - p, so that the expected output equals the eval-mode "
+                     "output: F.dropout and nn.Dropout do this; a mask of your own must too.",
+    "dropout.sites": "The reference applies dropout (p = config.dropout, training mode only) at four places: the "
+                     "embedding before the first block (before embed_norm), the attention weights after the "
+                     "softmax, the attention's output after c_proj, and the MLP's output after c_proj.",
+    "inplace.input": "Leave a module's input as it is: x = x - mean, not x -= mean. In the model the same tensor is "
+                     "read again by the caller (the residual stream is added to after the norm), so changing it in "
+                     "place changes the model's output or breaks backward.",
+    # an error raised during backward
+    "gradient.inplace": "An in-place operation (x += …, x.add_(…), x[…] = …, inplace=True) changed a tensor that "
+                        "autograd saved to compute gradients. Write the out-of-place form (x = x + …) at the line "
+                        "named.",
 }
 
 
