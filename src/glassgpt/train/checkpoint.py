@@ -5,8 +5,11 @@
         optimizer.pt        optimiser state; tensors and numbers only, loaded with weights_only=True
         state.json          step, loader cursor, RNG states, timing, sha256 of the two files above
 
-A checkpoint folder is written under a temp name and renamed when complete; `state.json`'s
-checksums catch a file damaged later (a truncated copy, a disk error).
+A checkpoint folder is written under a temp name and renamed when complete, and an old one is
+renamed away before it is deleted, so a `step-N` folder is always whole, whenever the process is
+killed; `state.json`'s checksums catch a file damaged later (a truncated copy, a disk error).
+What a killed process leaves behind (a temp folder, one renamed for deletion) carries a temp name,
+never listed as a checkpoint, and `remove_leftovers` clears it when the run is next trained.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -50,7 +54,7 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizers: list[torc
          state: dict, keep: int) -> Path:
     folder = checkpoints_dir(run_dir) / f"step-{step:06d}"
     try:
-        with atomic.atomic_dir(folder) as tmp:
+        with atomic.atomic_dir(folder, durable=True) as tmp:
             weights = _unshared(model.state_dict())
             save_file(weights, tmp / "model.safetensors", metadata={"step": str(step)})
             torch.save({"optimizers": [o.state_dict() for o in optimizers]}, tmp / "optimizer.pt")
@@ -64,8 +68,37 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizers: list[torc
         raise GlassError(f"cannot write checkpoint {folder}: {reason} (is the disk full, or not writable?); "
                          "earlier checkpoints are kept") from None
     for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _delete(old)
     return folder
+
+
+def _delete(folder: Path) -> None:
+    """Delete a checkpoint folder; it leaves the list of checkpoints at once (a rename) so that
+    a process killed halfway through leaves no partial `step-N` folder that looks complete."""
+    doomed = folder.with_name(f".{folder.name}.deleted.tmp")
+    try:
+        os.replace(folder, doomed)
+    except OSError:
+        doomed = folder
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def remove_leftovers(run_dir: Path) -> list[str]:
+    """Clear what a killed process left in checkpoints/ (call it only while holding the run's lock):
+    temp folders of unfinished checkpoints and deletions. A complete checkpoint moved aside to be
+    replaced (`atomic_dir`'s `.step-N.old`) goes back to its name if the new one never arrived."""
+    folder = checkpoints_dir(run_dir)
+    removed = []
+    for entry in sorted(folder.iterdir()) if folder.is_dir() else ():
+        if not entry.name.startswith("."):
+            continue
+        original = folder / entry.name[1:-len(".old")] if entry.name.endswith(".old") else None
+        if original is not None and _STEP_DIR.match(original.name) and not original.exists():
+            os.replace(entry, original)
+            continue
+        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        removed.append(entry.name)
+    return removed
 
 
 def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
