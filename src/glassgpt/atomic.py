@@ -100,6 +100,9 @@ def atomic_dir(path: str | os.PathLike, durable: bool = False) -> Iterator[Path]
         raise GlassError(f"cannot write to {path.parent}: {error.strerror or error}") from None
     try:
         yield tmp
+        for entry in tmp.iterdir():  # some writers (safetensors) make their files private (0600)
+            if entry.is_file():
+                os.chmod(entry, 0o666 & ~_umask())
         if durable:
             _flush_to_disk(tmp)
         if path.exists():

@@ -15,6 +15,7 @@ never listed as a checkpoint, and `remove_leftovers` clears it when the run is n
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
 import os
@@ -63,13 +64,31 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizers: list[torc
             (tmp / "state.json").write_text(json.dumps(state, indent=2))
     except (OSError, SafetensorError, RuntimeError) as error:  # torch.save reports a failed write as RuntimeError
         # The temp folder is gone (atomic_dir removed it); earlier checkpoints are untouched.
-        text = str(error).strip()
-        reason = getattr(error, "strerror", None) or (text.splitlines()[0] if text else type(error).__name__)
-        raise GlassError(f"cannot write checkpoint {folder}: {reason} (is the disk full, or not writable?); "
+        raise GlassError(f"cannot write checkpoint {folder}: {_write_failure(error, folder, model, optimizers)}; "
                          "earlier checkpoints are kept") from None
     for old in list_checkpoints(run_dir)[:-keep]:
         _delete(old)
     return folder
+
+
+def _write_failure(error: Exception, folder: Path, model: torch.nn.Module,
+                   optimizers: list[torch.optim.Optimizer]) -> str:
+    """Why a checkpoint could not be written, in words. torch.save reports a full disk as
+    "unexpected pos N vs M", so the free space is checked too: less than a checkpoint's tensors
+    need is a full disk, whatever the writer said."""
+    try:
+        free = shutil.disk_usage(folder.parent).free
+    except OSError:
+        free = None
+    tensors = [*model.state_dict().values(),
+               *(t for o in optimizers for state in o.state.values() for t in state.values() if torch.is_tensor(t))]
+    needed = sum(t.numel() * t.element_size() for t in tensors)
+    if getattr(error, "errno", None) == errno.ENOSPC or (free is not None and free < needed):
+        room = f" ({free / 1e6:,.2f} MB free; a checkpoint needs {needed / 1e6:,.2f} MB)" if free is not None else ""
+        return f"no space left on the device{room}"
+    text = str(error).strip()
+    reason = getattr(error, "strerror", None) or (text.splitlines()[0] if text else type(error).__name__)
+    return f"{reason} (is the disk full, or not writable?)"
 
 
 def _delete(folder: Path) -> None:
