@@ -290,6 +290,18 @@ def load_run(name: str, step: int | None = None, device: str | torch.device = "c
     return LoadedRun(name, folder, saved, model, tokenizer, state["step"])
 
 
+def resume_state(name: str) -> tuple[str, int]:
+    """(what a scheduler's job script should do with run `name`, its newest checkpoint's step):
+    "new" (no checkpoint: train it without --resume), "resume" (continue it with --resume) or
+    "done" (the newest checkpoint reached the run's max_steps). Used by scripts/slurm/."""
+    folder = paths.run_dir(name)
+    newest = checkpoint.latest(folder)
+    if newest is None or not (folder / "config.json").exists():
+        return "new", 0
+    step = checkpoint.read_state(newest, verify=False)["step"]
+    return ("done" if step >= read_run_config(folder)["train"]["max_steps"] else "resume"), step
+
+
 def build_saved_model(name: str, saved: dict, device, sequence_len: int | None = None) -> torch.nn.Module:
     """The (uninitialised) model a run's config.json describes, optionally with a longer context."""
     fields = dict(saved["model"])
