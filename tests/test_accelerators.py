@@ -1,6 +1,5 @@
 """The GPU paths, checked on a CPU: the choices made for each kind of device (number format,
-fused AdamW, pinned copies) and the attention call that flash attention needs, run here with the
-flash kernel forced (PyTorch has it for CPUs too)."""
+fused AdamW, pinned copies) and the attention call that flash attention needs."""
 
 from __future__ import annotations
 
@@ -60,15 +59,23 @@ def test_mps_trains_in_fp32_unless_asked_and_bf16_only_where_the_mac_can(monkeyp
 
 @pytest.mark.parametrize("n_kv_head", [4, 2, 1], ids=["mha", "gqa", "mqa"])
 @pytest.mark.parametrize("dtype", ["fp32", "bf16"])
-def test_training_attention_runs_on_the_flash_kernel(n_kv_head, dtype):
-    """With only flash attention allowed, SDPA raises unless it is called the way flash needs:
-    is_causal and no explicit mask; a mask or a layout it cannot take would fail here first."""
+def test_training_attention_is_called_the_way_flash_attention_needs(n_kv_head, dtype, monkeypatch):
+    """CUDA's flash kernel takes causal attention without an explicit mask (is_causal), and heads
+    of a size that is a multiple of 8: the training step's SDPA calls are recorded and checked,
+    then run with only the flash kernel allowed (PyTorch has one for CPUs too)."""
+    calls, real = [], torch.nn.functional.scaled_dot_product_attention
+
+    def recorded(q, k, v, attn_mask=None, is_causal=False, **kw):
+        calls.append((attn_mask, is_causal, q.shape[-1]))
+        return real(q, k, v, attn_mask=attn_mask, is_causal=is_causal, **kw)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", recorded)
     model = tiny_model(tiny_config(n_kv_head=n_kv_head))
     runtime = devices.Runtime(torch.device("cpu"), dtype, "test")
     x = torch.randint(0, model.config.vocab_size, (2, 16))  # (B, T)
     with sdpa_kernel([SDPBackend.FLASH_ATTENTION]), runtime.autocast():
         loss = model(x, x)
     loss.backward()
-    reference = model(x, x) if dtype == "fp32" else None
-    if reference is not None:  # the flash kernel computes what the default choice computes
-        assert loss.item() == pytest.approx(reference.item(), abs=1e-5)
+    assert calls and all(mask is None and causal and head_dim % 8 == 0 for mask, causal, head_dim in calls), calls
+    if dtype == "fp32":  # the flash kernel computes what the default choice computes
+        assert loss.item() == pytest.approx(model(x, x).item(), abs=1e-5)
