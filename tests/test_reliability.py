@@ -370,3 +370,15 @@ def test_sigterm_asks_to_stop_however_often_it_comes_and_a_second_ctrl_c_stops_a
         assert stop.requested
         with pytest.raises(KeyboardInterrupt):
             os.kill(os.getpid(), signal.SIGINT)
+
+
+def test_quickstart_fresh_does_not_delete_a_run_another_process_is_training(glass_home, capsys):
+    from glassgpt.runs import run_lock
+
+    run = glass_home / "runs" / "quickstart"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text("{}")
+    with run_lock(run, "quickstart"):  # another file description: as another process would hold it
+        assert main(["quickstart", "--fresh"]) == 1
+    assert "run 'quickstart' is being trained by another process" in capsys.readouterr().err
+    assert (run / "config.json").exists()
