@@ -58,15 +58,18 @@ def _attempt(home: str, argv: list[str], kill_at: int | None, which: str, log: s
         if event not in KINDS or not args:
             return
         path = args[0]
-        if isinstance(path, int) or (isinstance(path, bytes)):
+        if isinstance(path, int):
             return
         path = os.fsdecode(path)
-        inside_a_folder_being_deleted = event in ("os.remove", "os.rmdir") and len(args) > 1 and args[-1] not in (None, -1)
+        # rmtree deletes a folder's entries by name relative to the folder (dir_fd)
+        inside_a_folder_being_deleted = (event in ("os.remove", "os.rmdir") and len(args) > 1
+                                         and args[-1] not in (None, -1))
         if not (path.startswith(runs) or inside_a_folder_being_deleted):
             return
         if event == "open":
             mode, flags = args[1], args[2]
-            if not ((isinstance(mode, str) and any(c in mode for c in "wax+")) or (mode is None and flags & WRITE_FLAGS)):
+            writes = isinstance(mode, str) and any(c in mode for c in "wax+") or mode is None and flags & WRITE_FLAGS
+            if not writes:
                 return
         if which == "checkpoint" and "/checkpoints/." not in path:  # a temp folder: one being written
             return
@@ -235,7 +238,8 @@ def test_a_disk_full_during_a_checkpoint_keeps_the_earlier_ones_and_resumes_exac
     shutil.copytree(home, work, ignore=shutil.ignore_patterns("runs", "*.log"))
     monkeypatch.setenv("GLASSGPT_HOME", str(work))
     runs = work / "runs"
-    one_checkpoint = sum(p.stat().st_size for p in sorted((home / "runs" / "whole" / "checkpoints").glob("step-*"))[-1].iterdir())
+    newest = sorted((home / "runs" / "whole" / "checkpoints").glob("step-*"))[-1]
+    one_checkpoint = sum(p.stat().st_size for p in newest.iterdir())
     mounted = _small_disk(runs, int(1.5 * one_checkpoint) + 64 * 1024)
     try:
         if not mounted:
