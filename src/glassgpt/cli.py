@@ -255,10 +255,8 @@ def _add_quickstart(commands) -> None:
 
 
 def _run_quickstart(args) -> int:
-    import shutil
-
     from glassgpt import config as cfg, paths, ui
-    from glassgpt.runs import read_run_config
+    from glassgpt.runs import read_run_config, remove_run_files, run_lock
     from glassgpt.train import checkpoint, loop
 
     out = ui.console()
@@ -266,7 +264,8 @@ def _run_quickstart(args) -> int:
     flags = {"run": args.run, **({"max_steps": args.max_steps} if args.max_steps else {})}
     if (run_dir / "config.json").exists():
         if args.fresh:
-            shutil.rmtree(run_dir)
+            with run_lock(run_dir, args.run):  # never under a process still training it
+                remove_run_files(run_dir)
         elif checkpoint.latest(run_dir) is not None:
             state = checkpoint.read_state(checkpoint.latest(run_dir), verify=False)
             saved = read_run_config(run_dir)["train"]
