@@ -33,9 +33,10 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from glassgpt.evals.scoring import score_continuations
-from glassgpt.tokenizer import Tokenizer
+if TYPE_CHECKING:  # `glassgpt eval --help` lists the tasks from here, so torch and the tokenizer load late
+    from glassgpt.tokenizer import Tokenizer
 
 MULTIPLE_CHOICE, SCHEMA, LANGUAGE_MODELING = "multiple_choice", "schema", "language_modeling"
 EXAMPLE_SEPARATOR = "\n\n"
@@ -214,6 +215,8 @@ def score_items(task: CoreTask, pool: list[dict], indices: list[int], model, tok
                 autocast, context_len: int) -> list[dict]:
     """One result per item index: {"correct", "baseline", "shots", "truncated", "picked"}; all the
     items' options are scored in shared batches."""
+    from glassgpt.evals.scoring import score_continuations
+
     prompts = [build_prompt(task, pool, index, tokenizer, context_len) for index in indices]
     flat = [pair for prompt in prompts for pair in prompt.pairs]
     scores = score_continuations(model, flat, device, autocast, pad_id=tokenizer.bos_id)
