@@ -23,7 +23,8 @@ What a page can say to this test (and to its reader):
   exit with status 0. `curl` is one of the shell verbs, to call such a server.
 
 These adaptations keep CI fast and hermetic, and are the only ones: training commands run with
---max-steps capped at MAX_STEPS and `glassgpt bench` times one small step and a few tokens (we
+--max-steps capped at MAX_STEPS, `glassgpt experiment run|all` with --steps capped at MAX_STEPS
+(each run of each experiment), and `glassgpt bench` times one small step and a few tokens (we
 check that the documented command works, not how long it trains or how fast it is); each page's
 cache root starts with tinyshakespeare, its default tokenizer and their token shards already in
 it (the download and tokenizer code have their own tests); `~/.cache/glassgpt` in a command means
@@ -107,6 +108,12 @@ def capped(argv: list[str]) -> list[str]:
     command = argv[argv.index("glassgpt") + 1] if "glassgpt" in argv[:-1] else (argv[0] if argv else "")
     if command == "bench" and "--help" not in argv:
         return list(argv) + [item for flag, value in BENCH_CAPS.items() if flag not in argv for item in (flag, value)]
+    if command == "experiment" and ("run" in argv or "all" in argv) and "--help" not in argv:
+        argv = list(argv)
+        if "--steps" in argv:
+            argv[argv.index("--steps") + 1] = str(min(int(argv[argv.index("--steps") + 1]), MAX_STEPS))
+            return argv
+        return argv + ["--steps", str(MAX_STEPS)]
     trains = command in ("train", "quickstart") or any(a.endswith("speedrun_shakespeare.py") for a in argv)
     if not trains or "--help" in argv:
         return argv
@@ -279,6 +286,9 @@ def test_the_harness_reads_exit_codes_reasons_and_setup(tmp_path):
     assert env["FOO"] == "1"
     assert capped(["glassgpt", "train", "--run", "x"])[-2:] == ["--max-steps", str(MAX_STEPS)]
     assert capped(["glassgpt", "sample", "--run", "x"]) == ["glassgpt", "sample", "--run", "x"]
+    assert capped(["glassgpt", "experiment", "run", "gqa"])[-2:] == ["--steps", str(MAX_STEPS)]
+    assert capped(["glassgpt", "experiment", "all", "--steps", "50"])[-1] == str(MAX_STEPS)
+    assert capped(["glassgpt", "experiment", "list"]) == ["glassgpt", "experiment", "list"]
     steps: dict[str, int] = {}
     check_resume_goes_further(["glassgpt", "quickstart"], steps, "page")
     with pytest.raises(AssertionError, match="a reader would get 'already reached'"):

@@ -12,6 +12,7 @@ docs/reference/experiments.md.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -337,23 +338,38 @@ def test_the_symptom_tracer_reads_named_points_during_the_training_step():
 
 @pytest.fixture(scope="module")
 def tiny_home(tmp_path_factory):
-    """A cache root of its own for the module's tiny runs, with the measurements cut to tiny sizes."""
+    """A cache root of its own for the module's tiny runs."""
     home = tmp_path_factory.mktemp("experiments-home")
     settings = {"GLASSGPT_HOME": str(home), "GLASSGPT_DATA_MIRROR": str(MIRROR), "NO_COLOR": "1"}
     before = {key: os.environ.get(key) for key in settings}
-    constants = {name: getattr(runner, name) for name in ("EVAL_TOKENS", "DECODE_TOKENS", "SAMPLE_TOKENS")}
     os.environ.update(settings)
-    runner.EVAL_TOKENS, runner.DECODE_TOKENS, runner.SAMPLE_TOKENS = 4096, 16, 8
     try:
         yield home
     finally:
-        for name, value in constants.items():
-            setattr(runner, name, value)
         for key, value in before.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
+
+
+@contextlib.contextmanager
+def tiny_measurements():
+    """Measurements cut to the tiny model's size while the tiny runs train (and are looked up: the
+    constants are part of nothing's cache key, but the decode comparison's)."""
+    names = ("EVAL_TOKENS", "DECODE_TOKENS", "SAMPLE_TOKENS")
+    before = {name: getattr(runner, name) for name in names}
+    runner.EVAL_TOKENS, runner.DECODE_TOKENS, runner.SAMPLE_TOKENS = 4096, 16, 8
+    try:
+        yield
+    finally:
+        for name, value in before.items():
+            setattr(runner, name, value)
+
+
+def run_tiny(experiment, steps, shared, **options):
+    with tiny_measurements():
+        return suite.run([experiment], steps, shared=shared, **options)[0]
 
 
 def tiny_version(name: str) -> tuple[declarations.Experiment, int, dict]:
@@ -371,8 +387,8 @@ def tiny_verdicts(tiny_home):
     verdicts = {}
     for experiment in declarations.EXPERIMENTS:
         tiny, steps, shared = tiny_version(experiment.name)
-        applied = suite.run([tiny], steps, shared=shared, draw=False)[0]
-        neutral = suite.run([declarations.neutralised(tiny)], steps, shared=shared, draw=False)[0]
+        applied = run_tiny(tiny, steps, shared, draw=False)
+        neutral = run_tiny(declarations.neutralised(tiny), steps, shared, draw=False)
         assert neutral.trained == 0, "the neutralised runs are the baseline's: nothing new to train"
         verdicts[experiment.name] = (applied.verdict, neutral.verdict)
     return verdicts
@@ -390,13 +406,13 @@ def test_each_symptom_appears_with_its_switch_and_not_without_it(tiny_verdicts, 
 def test_a_second_run_only_renders_and_fresh_trains_again(tiny_home, tiny_verdicts, monkeypatch, capsys):
     monkeypatch.setenv("GLASSGPT_HOME", str(tiny_home))  # where the module's runs are cached
     tiny, steps, shared = tiny_version("tied-embeddings")
-    again = suite.run([tiny], steps, shared=shared)[0]
+    again = run_tiny(tiny, steps, shared)
     assert again.trained == 0
     assert set(again.plots) == {"loss", "parameters"} and all(p.stat().st_size > 0 for p in again.plots.values())
     out = capsys.readouterr().out
     assert "predicted:" in out and "symptom appeared: yes" in out and "why:" in out
     assert out.index("predicted:") < out.index("symptom appeared")
-    fresh = suite.run([tiny], steps, shared=shared, fresh=True, draw=False)[0]
+    fresh = run_tiny(tiny, steps, shared, fresh=True, draw=False)
     assert fresh.trained == 2
     assert [r.val_loss for r in fresh.records] == pytest.approx([r.val_loss for r in again.records], abs=1e-6)
 
@@ -416,9 +432,9 @@ def test_ctrl_c_keeps_the_finished_runs(tiny_home, tiny_verdicts, monkeypatch):
 
     monkeypatch.setattr(runner, "train_run", interrupted_second)
     with pytest.raises(KeyboardInterrupt):
-        suite.run([tiny], steps + 1, shared=shared, draw=False)  # new step count: nothing cached
+        run_tiny(tiny, steps + 1, shared, draw=False)  # a new step count: nothing cached
     monkeypatch.setattr(runner, "train_run", real)
-    resumed = suite.run([tiny], steps + 1, shared=shared, draw=False)[0]
+    resumed = run_tiny(tiny, steps + 1, shared, draw=False)
     assert resumed.trained == 2, "the run finished before Ctrl-C came from the cache"
 
 
@@ -438,7 +454,7 @@ def page(tiny_home, tiny_verdicts, tmp_path_factory):
     try:
         for name in PAGE_EXPERIMENTS:
             tiny, steps, shared = tiny_version(name)
-            results += suite.run([tiny], steps, shared=shared)
+            results.append(run_tiny(tiny, steps, shared))
     finally:
         os.environ["GLASSGPT_HOME"] = before
     assert all(r.trained == 0 for r in results)
@@ -505,3 +521,12 @@ def test_the_html_page_in_a_real_browser(page):
             browser.close()
     assert errors == [], f"console errors: {errors}"
     assert requests == [path.as_uri()], f"the page made network requests: {requests}"
+
+
+def test_the_reference_page_is_generated_from_the_declarations():
+    from conftest import REPO
+    from glassgpt.experiments import report
+
+    page = (REPO / "docs" / "reference" / "experiments.md").read_text(encoding="utf-8")
+    assert page == report.reference_markdown(), \
+        "regenerate: python -m glassgpt.experiments.report > docs/reference/experiments.md"

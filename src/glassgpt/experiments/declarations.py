@@ -64,6 +64,7 @@ class Experiment:
     explanation: str  # why, one paragraph
     plots: tuple[str, ...]  # plots.PLOTS names, besides the loss curves every experiment gets
     settings: dict[str, Any] = field(default_factory=dict)  # what baseline and variants share beyond SHARED
+    compares_decode: bool = False  # measure the runs' decode speeds side by side (runner.decode_speeds)
 
     @property
     def runs(self) -> tuple[Variant, ...]:
@@ -91,8 +92,8 @@ EXPERIMENTS: list[Experiment] = [
         "same weights predict worse than the baseline, and their samples are garbage.",
         judges.reads_the_answer,
         "The target at position t is the token at t + 1, and without the mask position t attends to it: "
-        "the cheapest solution is to copy it, and gradient descent finds it in a few dozen steps (the "
-        "attention pattern puts its weight just above the diagonal). Nothing of that is language: when the "
+        "the cheapest solution is to copy it, and gradient descent finds it within a hundred steps (a "
+        "head's attention pattern puts its weight just above the diagonal). Nothing of that is language: when the "
         "model generates, or when the mask is put back, the next token is not there to copy, and the "
         "weights, which never learned to predict, do worse than a model that had to. A loss that looks too "
         "good to be true usually is: a leak from the future.",
@@ -210,7 +211,7 @@ EXPERIMENTS: list[Experiment] = [
         "generation on large models. The queries keep their own heads, so most of what attention can "
         "express survives (docs/explanation/gqa.md). On a model this small, decode speed is set by Python "
         "overhead rather than memory, so the speed column moves little.",
-        ("kv_cache",),
+        ("kv_cache",), compares_decode=True,
     ),
     Experiment(
         "softcap-qk-norm", "Logit softcap and QK-norm at a high learning rate",
@@ -238,8 +239,7 @@ EXPERIMENTS: list[Experiment] = [
         (Variant("1 x 256", {"depth": 1, "n_embd": 256}, breaks="one wide block: decodes fastest"), Variant("16 x 64", {"depth": 16, "n_embd": 64}, breaks="same block parameters, 4x the depth: decodes slower")),
         "The three shapes have the same 786,432 parameters in their blocks and end within a few percent of "
         "each other in val loss, but generating one token costs one pass through every block in turn: the "
-        "16-block model decodes several times slower than the 4-block one, and the 1-block model several "
-        "times faster.",
+        "deeper the shape, the slower it decodes, the 16-block model several times slower than the 1-block one.",
         judges.depth_sets_decode_speed,
         "A block of width C holds 12 C² parameters (attention 4 C², MLP 8 C²), so 1 x 256, 4 x 128 and "
         "16 x 64 hold the same 786,432. Scaling-law studies (Kaplan et al., 2020) found that the loss depends "
@@ -248,7 +248,7 @@ EXPERIMENTS: list[Experiment] = [
         "(or a GPU at batch 1) their fixed cost dominates. Training batches hide part of it; generation, one "
         "token at a time, shows it whole. Width also sets the embedding and head tables (vocab x width), "
         "so the total parameter counts differ although the blocks' do not.",
-        ("shape",),
+        ("shape",), compares_decode=True,
     ),
     Experiment(
         "head-specialisation", "Head specialisation",

@@ -222,7 +222,7 @@ def logits_grow(baseline: RunRecord, variants: Sequence[RunRecord], factor: floa
     return Verdict(len(grew) == len(variants), detail, figures, "max logit / max score")
 
 
-def depth_sets_decode_speed(baseline: RunRecord, variants: Sequence[RunRecord], factor: float = 1.5,
+def depth_sets_decode_speed(baseline: RunRecord, variants: Sequence[RunRecord], factor: float = 1.3,
                             spread: float = 0.05) -> Verdict:
     """Depth vs width at the same block parameters (within 1%): the val losses end within `spread`
     (relative) of each other, while each deeper shape decodes at least `factor` x slower than the next

@@ -1,18 +1,7 @@
 """The plots of an experiment, drawn from its run records (PNG, matplotlib's Agg backend).
 
-Every experiment gets `loss` (the training loss of every run overlaid); each one adds the plot that
-shows its symptom, named in its declaration:
-
-    gradients    gradient norm per block (log scale): vanishing gradients, post-norm's top-heavy ones
-    pattern      one attention pattern per run: a missing mask reads the future, temperature sharpens
-    activations  share of MLP activations exactly 0 and below 0, per layer and run
-    shuffle      the shuffled-prefix KL per run: order blindness
-    entropy      attention entropy per layer and run, uniform attention dashed
-    parameters   parameters per run, split into embedding/head tables and blocks
-    kv_cache     KV-cache bytes per token, val loss and decode speed per run
-    logits       largest output logit and attention score over training, with the bounds
-    shape        block parameters, val loss and decode speed per shape
-    heads        every head named by its role, per run, and the trained heads' patterns
+Every experiment gets `loss` (the training loss of every run overlaid); each one adds the plots
+that show its symptom, named in its declaration (CAPTIONS says what each one shows).
 """
 
 from __future__ import annotations
@@ -24,6 +13,20 @@ from glassgpt import atomic
 from glassgpt.experiments.heads import ROLES, HeadScores
 from glassgpt.experiments.judges import gradient_ratio
 from glassgpt.experiments.runner import RunRecord
+
+CAPTIONS = {
+    "loss": "training loss of every run, step by step (faint: each step; solid: smoothed)",
+    "gradients": "gradient norm reaching each block, median over the run (log scale)",
+    "pattern": "attention pattern of each run's sharpest head on a val window (rows: queries, columns: keys)",
+    "activations": "share of the MLP's activations exactly 0, and below 0, per block",
+    "shuffle": "KL divergence between the next-token distributions after a prefix and after the prefix shuffled",
+    "entropy": "attention entropy per layer after training, with uniform attention dashed",
+    "parameters": "parameters per run: the blocks, and the embedding/head tables",
+    "kv_cache": "KV-cache bytes per token, val loss and decode speed per run",
+    "logits": "largest output logit and largest attention score during training, with the bounds",
+    "shape": "parameters in the blocks, val loss and decode speed per shape",
+    "heads": "every head named by where its attention goes, per run, and the trained model's patterns",
+}
 
 COLORS = ["#3b6fb6", "#d9822b", "#2e9e6a", "#b8415b", "#7a5cc2", "#8c7a3a", "#3aa0b8", "#c25ca5"]
 
@@ -38,6 +41,8 @@ def _pyplot():
 
 
 def _save(figure, path: Path) -> Path:
+    for axis in figure.axes:
+        axis.title.set_fontsize(min(axis.title.get_fontsize(), 10))
     with atomic.atomic_path(path) as tmp:
         figure.savefig(tmp, format="png", dpi=96)
     _pyplot().close(figure)
@@ -79,7 +84,7 @@ def plot_loss(records, experiment):
         if record.diverged:
             finite = [v for v in record.losses if math.isfinite(v)]
             axis.plot([len(finite)], [finite[-1] if finite else 0], "x", color=color, ms=10, mew=2)
-    axis.set(xlabel="step", ylabel="training loss (nats)", title=f"{experiment.title}: training loss")
+    axis.set(xlabel="step", ylabel="training loss (nats)", title=f"{experiment.title}\ntraining loss")
     finite = [v for r in records for v in r.losses if math.isfinite(v)]
     if finite:
         axis.set_ylim(max(0.0, min(finite) - 0.2), min(max(finite), 12) + 0.2)
@@ -104,11 +109,18 @@ def plot_gradients(records, experiment):
                   label=f"{record.label} (first/last {ratio:.2g})")
     axis.set_yscale("log")
     axis.set(xlabel="block", ylabel="gradient norm (median over the run)",
-             title=f"{experiment.title}: gradient reaching each block")
+             title=f"{experiment.title}\ngradient reaching each block")
     axis.grid(alpha=0.3, which="both")
     axis.legend(fontsize=8)
     figure.tight_layout()
     return figure
+
+
+def sharpest_head(pattern: list) -> tuple[int, int]:
+    """(layer, head) of the head whose rows put the most weight on a single key, on average."""
+    scores = {(layer, head): sum(max(row) for row in rows) / len(rows)
+              for layer, heads_ in enumerate(pattern) for head, rows in enumerate(heads_)}
+    return max(scores, key=scores.get)
 
 
 def plot_pattern(records, experiment):
@@ -117,9 +129,9 @@ def plot_pattern(records, experiment):
     figure, axes = plt.subplots(1, max(len(shown), 1), figsize=(3.6 * max(len(shown), 1) + 0.8, 4.0), squeeze=False)
     image = None
     for axis, record in zip(axes[0], shown):
-        pattern = record.pattern[0][0]  # layer 0, head 0
-        image = axis.imshow(pattern, cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
-        axis.set_title(f"{record.label}\nlayer 0 · head 0", fontsize=9)
+        layer, head = sharpest_head(record.pattern)
+        image = axis.imshow(record.pattern[layer][head], cmap="viridis", vmin=0, vmax=1, interpolation="nearest")
+        axis.set_title(f"{record.label}\nlayer {layer} · head {head} (its sharpest)", fontsize=9)
         axis.set_xlabel("key (attended to)", fontsize=8)
         axis.set_ylabel("query (attending)", fontsize=8)
         axis.tick_params(labelsize=6)
@@ -163,7 +175,7 @@ def plot_shuffle(records, experiment):
     figure, axis = plt.subplots(figsize=(7, 3.8))
     _bars(axis, [r.label for r in records], [r.shuffle_kl for r in records], COLORS[: len(records)], "{:.4f}")
     axis.set(ylabel="KL(prefix ‖ shuffled prefix), nats",
-             title=f"{experiment.title}: does shuffling the prompt change the prediction?")
+             title=f"{experiment.title}\ndoes shuffling the prompt change the prediction?")
     axis.grid(alpha=0.3, axis="y")
     figure.tight_layout()
     return figure
@@ -181,7 +193,7 @@ def plot_entropy(records, experiment):
         axis.axhline(uniform, color="black", ls="--", lw=1, label=f"uniform attention ({uniform:.2f} nats)")
     axis.axhline(0, color="grey", ls=":", lw=1)
     axis.set(xlabel="layer", ylabel="mean attention entropy (nats)",
-             title=f"{experiment.title}: how spread out attention is, per layer")
+             title=f"{experiment.title}\nhow spread out attention is, per layer")
     axis.grid(alpha=0.3)
     axis.legend(fontsize=8)
     figure.tight_layout()
@@ -200,7 +212,7 @@ def plot_parameters(records, experiment):
     for i, record in enumerate(records):
         axis.annotate(f"{record.parameters:,}\nval {record.val_loss:.3f}", (i, record.parameters), ha="center",
                       va="bottom", fontsize=8)
-    axis.set(ylabel="parameters", title=f"{experiment.title}: where the parameters are")
+    axis.set(ylabel="parameters", title=f"{experiment.title}\nwhere the parameters are")
     axis.set_ylim(0, max(r.parameters for r in records) * 1.25)
     axis.legend(fontsize=8)
     figure.tight_layout()

@@ -9,7 +9,7 @@ a 20-second run. So this module calls the same pieces the loop calls, and nothin
     prepare_data → loop.build_model (seeded) → build_optimizers → TokenLoader
     every step: lr_multiplier, muon_momentum → train_step(..., watch=, on_gradients=)
     at the end: evals.bpb.evaluate (val split; a train slice), engine.complete (a sample),
-                see.attention.capture_patterns (patterns → entropy, head names), bench.bench_decode
+                see.attention.capture_patterns (patterns → entropy, head names)
 
 `watch=` and `on_gradients=` are the training step's hooks for observers: on a few steps spread
 over the run a `SymptomTracer` reads named trace points (numbers only, no tensor is kept) and the
@@ -21,6 +21,12 @@ decides its numbers (the training config, the model as built, the tokenizer, the
 format, the record's version), written atomically once the run is finished. Experiments that share a
 run (most share the baseline) share its record; re-running an experiment finds its runs there and
 only renders. A run that diverges (the loss becomes NaN or inf) stops there and says so in its record.
+
+Decode speed is not a property of one run but a comparison: on a shared machine, speeds measured
+minutes apart compare the machine's load, not the models. `decode_speeds` measures the runs of an
+experiment together, interleaved, best of a few rounds (bench.bench_decode: the KV-cache engine on a
+model of each run's architecture, whose speed does not depend on the weights); the suite caches the
+result per (experiment, its runs).
 """
 
 from __future__ import annotations
@@ -53,6 +59,7 @@ SHUFFLE_WINDOWS = 48  # prefixes in the shuffled-prompt test
 SHUFFLE_LEN = 32  # tokens per prefix in the shuffled-prompt test
 SAMPLE_TOKENS = 40
 DECODE_TOKENS = 48
+DECODE_ROUNDS = 3
 PATTERN_SHOWN = 24  # positions of the one example attention pattern a record keeps for the plots
 EVAL_TOKENS = 16_384  # val loss: the first tokens of the val split; train loss: as many of the train split
 
@@ -134,7 +141,7 @@ class RunRecord:
     sample: str = ""  # a continuation of the corpus's first sample prompt
     sample_prompt: str = ""
     kv_bytes_per_token: int = 0
-    decode_tokens_per_sec: float = math.nan
+    decode_tokens_per_sec: float = math.nan  # filled in by the experiments that compare it (decode_speeds)
     device: str = ""
     dtype: str = ""
 
@@ -333,9 +340,19 @@ def measure(model, record: RunRecord, data: Data, config: TrainConfig, runtime) 
     record.sample_prompt = data.sample_prompt
     record.sample = complete(Engine(model, autocast), data.tokenizer, data.sample_prompt, SAMPLE_TOKENS,
                              temperature=0.8, top_k=50, seed=config.seed)
+
+
+def decode_speeds(model_configs: list, device, tokens: int | None = None, rounds: int | None = None) -> list[float]:
+    """Decode tokens/s (KV cache, batch 1) of each architecture, measured in interleaved rounds and
+    keeping each one's best round: the fairest comparison a busy machine allows."""
     from glassgpt.bench import bench_decode
 
-    record.decode_tokens_per_sec = bench_decode(model.config, device, DECODE_TOKENS, use_cache=True)
+    tokens, rounds = tokens or DECODE_TOKENS, rounds or DECODE_ROUNDS
+    best = [0.0] * len(model_configs)
+    for _ in range(rounds):
+        for index, config in enumerate(model_configs):
+            best[index] = max(best[index], bench_decode(config, device, tokens, use_cache=True))
+    return best
 
 
 def kv_cache_bytes_per_token(model_config) -> int:

@@ -83,7 +83,7 @@ class SuiteProgress:
                 TextColumn("[bold cyan]{task.description}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                 console=out, transient=True)
-            self._all = self._progress.add_task("all runs", total=self.total, info="")
+            self._all = self._progress.add_task("all runs (steps)", total=self.total, info="")
             self._run = self._progress.add_task("run", total=1, info="", visible=False)
 
     def __enter__(self) -> "SuiteProgress":
@@ -199,6 +199,31 @@ def run(names: list[str | Experiment], steps: int | None = None, fresh: bool = F
     return results
 
 
+def _with_decode_speeds(experiment: Experiment, records: list[runner.RunRecord], retrained: bool, runtime,
+                        progress: SuiteProgress) -> list[runner.RunRecord]:
+    """The records with decode speeds measured side by side, cached per (experiment, its runs): a
+    re-run renders the same comparison; one that trained a run measures again."""
+    import dataclasses
+    import json
+
+    from glassgpt.model.config import GPTConfig
+
+    key = runner.config_hash({"experiment": experiment.name, "runs": [r.key for r in records],
+                              "tokens": runner.DECODE_TOKENS, "rounds": runner.DECODE_ROUNDS})
+    path = experiments_dir() / experiment.name / f"decode-{key}.json"
+    speeds = None
+    if path.exists() and not retrained:
+        try:
+            speeds = json.loads(path.read_text())["decode_tokens_per_sec"]
+        except (ValueError, KeyError):
+            speeds = None
+    if speeds is None or len(speeds) != len(records):
+        progress.print(f"  [dim]measuring decode speed side by side ({runner.DECODE_ROUNDS} interleaved rounds)[/]")
+        speeds = runner.decode_speeds([GPTConfig.from_dict(r.model) for r in records], runtime.device)
+        atomic.write_text(path, json.dumps({"runs": [r.label for r in records], "decode_tokens_per_sec": speeds}))
+    return [dataclasses.replace(r, decode_tokens_per_sec=speed) for r, speed in zip(records, speeds)]
+
+
 def _one(experiment: Experiment, plans: list[runner.RunPlan], keys: dict, to_train: dict, trained_now: dict,
          data: dict, runtime, progress: SuiteProgress, draw: bool = True) -> Result:
     """One experiment: prediction, runs (cached or trained), verdict, table, plots."""
@@ -219,6 +244,8 @@ def _one(experiment: Experiment, plans: list[runner.RunPlan], keys: dict, to_tra
             progress.print(f"  [dim]{p.label}: trained {len(record.losses)} steps in "
                            f"{ui.format_duration(time.perf_counter() - started)}{note}[/]")
         records.append(record.relabel(p.label))
+    if experiment.compares_decode:
+        records = _with_decode_speeds(experiment, records, trained > 0, runtime, progress)
     verdict = experiment.judge(records[0], records[1:])
     folder = experiments_dir() / experiment.name
     drawn = plots.draw(experiment, records, folder) if draw else {}
