@@ -355,8 +355,8 @@ def tiny_home(tmp_path_factory):
 
 @contextlib.contextmanager
 def tiny_measurements():
-    """Measurements cut to the tiny model's size while the tiny runs train (and are looked up: the
-    constants are part of nothing's cache key, but the decode comparison's)."""
+    """Measurements cut to the tiny model's size (fewer evaluation, sample and decode tokens) while
+    the tiny runs train, and restored afterwards for the other tests."""
     names = ("EVAL_TOKENS", "DECODE_TOKENS", "SAMPLE_TOKENS")
     before = {name: getattr(runner, name) for name in names}
     runner.EVAL_TOKENS, runner.DECODE_TOKENS, runner.SAMPLE_TOKENS = 4096, 16, 8

@@ -88,7 +88,7 @@ class RunPlan:
 
 
 # Training fields that do not change what an experiment's run computes: names, and what the
-# training loop does around the steps (the runner evaluates once, at the end, on the whole val split).
+# training loop does around the steps (the runner evaluates once, at the end, on fixed slices).
 IRRELEVANT_FIELDS = {"run", "eval_every", "sample_tokens", "checkpoint_every", "keep_checkpoints", "log_every",
                      "max_steps", "compile"}
 
