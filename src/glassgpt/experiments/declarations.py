@@ -8,9 +8,10 @@ through the one reference model and the one training step. The explanation regis
 
 Sizes: every run trains a small nanochat-family model (4 blocks of width 128, 4 heads of 32, 64-token
 windows, 16 windows a step, tinyshakespeare with its 4,096-token tokenizer) for DEFAULT_STEPS steps
-in fp32: about 20 seconds a run on a quiet 2-core CPU, and `glassgpt experiment all` (all runs, the
-shared ones once) within 20 minutes. They were chosen so that every symptom shows at that size; the
-reference (docs/reference/experiments.md) gives the figures measured at it.
+in fp32 (bf16 is no faster at this width, and fp32 repeats on any CPU). `glassgpt experiment all`
+trains 23 distinct runs, about 14 minutes of work for one CPU core, so that it fits in 20 minutes on
+2 cores. The sizes and learning rates were chosen so that every symptom shows at them; the tutorial
+(docs/tutorials/break-it.md) gives the figures measured.
 """
 
 from __future__ import annotations
@@ -86,7 +87,9 @@ EXPERIMENTS: list[Experiment] = [
     Experiment(
         "no-causal-mask", "No causal mask",
         "What does the causal mask protect?",
-        Variant("baseline (causal)"), (Variant("no mask", {"causal": False}, breaks="the model reads the next token: training loss collapses, generation is garbage"),),
+        Variant("baseline (causal)"),
+        (Variant("no mask", {"causal": False},
+                 breaks="the model reads the next token: training loss collapses, generation is garbage"),),
         "Without the mask every position can read the token it has to predict, so the training loss "
         "collapses far below the baseline's. Generating has no future to read: with the mask back on, the "
         "same weights predict worse than the baseline, and their samples are garbage.",
@@ -102,7 +105,9 @@ EXPERIMENTS: list[Experiment] = [
     Experiment(
         "no-residual", "No residual connections",
         "Why does every block add to the stream instead of replacing it?",
-        Variant("baseline (residual)"), (Variant("no residual", {"residual": False}, breaks="gradients vanish before the first blocks; deep models stop learning"),),
+        Variant("baseline (residual)"),
+        (Variant("no residual", {"residual": False},
+                 breaks="gradients vanish before the first blocks; deep models stop learning"),),
         "At depth 6 without residual connections the gradient that reaches the first block is a tiny "
         "fraction of the last block's (it vanishes on the way down), and the loss stalls far above the "
         "baseline's.",
@@ -120,7 +125,10 @@ EXPERIMENTS: list[Experiment] = [
         "no-norm", "No normalisation, and post-norm, at a higher learning rate",
         "Why normalise, and why before each block rather than after?",
         Variant("pre-norm (baseline)"),
-        (Variant("post-norm", {"norm_placement": "post"}, breaks="the original Transformer's norm(x + f(x)): ends behind pre-norm"), Variant("no norm", {"norm": "none"}, breaks="at a higher learning rate the loss diverges")),
+        (Variant("post-norm", {"norm_placement": "post"},
+                 breaks="the original Transformer's norm(x + f(x)): ends behind pre-norm"),
+         Variant("no norm", {"norm": "none"},
+                 breaks="at a higher learning rate the loss diverges")),
         "At 4x the default learning rates the pre-norm baseline trains smoothly. Without normalisation the "
         "activations and the loss blow up within a few dozen steps (the run diverges); post-norm trains "
         "but ends behind pre-norm, its gradient piled up in the last block.",
@@ -138,7 +146,10 @@ EXPERIMENTS: list[Experiment] = [
         "activations", "Activation functions",
         "Does the MLP's non-linearity matter: ReLU², GELU, ReLU or SiLU?",
         Variant("ReLU² (baseline)"),
-        (Variant("GELU", {"activation": "gelu"}, breaks="smooth: no unit exactly 0, small negatives pass"), Variant("ReLU", {"activation": "relu"}, breaks="plain ReLU: about half the units exactly 0"),
+        (Variant("GELU", {"activation": "gelu"},
+                 breaks="smooth: no unit exactly 0, small negatives pass"),
+         Variant("ReLU", {"activation": "relu"},
+                 breaks="plain ReLU: about half the units exactly 0"),
          Variant("SiLU", {"activation": "silu"}, breaks="smooth: no unit exactly 0, small negatives pass")),
         "All four train to nearly the same loss at this size (their differences show at larger scale). "
         "They use the MLP differently: ReLU and ReLU² leave more than half of the hidden units at exactly "
@@ -155,7 +166,10 @@ EXPERIMENTS: list[Experiment] = [
         "positions", "Position encoding: rotary, learned or none",
         "How does the model know the order of the tokens?",
         Variant("rotary (baseline)"),
-        (Variant("learned", {"position": "learned"}, breaks="a learned table instead: covers only sequence_len positions"), Variant("none", {"position": "none"}, breaks="no order information: a shuffled prompt reads the same")),
+        (Variant("learned", {"position": "learned"},
+                 breaks="a learned table instead: covers only sequence_len positions"),
+         Variant("none", {"position": "none"},
+                 breaks="no order information: a shuffled prompt reads the same")),
         "Without any position encoding the model is nearly blind to order: shuffling the earlier tokens of "
         "a prompt barely changes its next-token distribution (the shuffled-prefix KL is a small fraction of "
         "the rotary model's), while the rotary and learned models react to the shuffle.",
@@ -172,7 +186,10 @@ EXPERIMENTS: list[Experiment] = [
         "attention-temperature", "Attention temperature",
         "What does the 1/sqrt(head_dim) scale of the attention scores do?",
         Variant("T = 1 (baseline)"),
-        (Variant("T = 0.25", {"attn_temperature": 0.25}, breaks="sharper attention: heads can look at a single token"), Variant("T = 4", {"attn_temperature": 4.0}, breaks="flatter attention: every row close to uniform")),
+        (Variant("T = 0.25", {"attn_temperature": 0.25},
+                 breaks="sharper attention: heads can look at a single token"),
+         Variant("T = 4", {"attn_temperature": 4.0},
+                 breaks="flatter attention: every row close to uniform")),
         "The temperature sets how peaked attention can be: the entropy of the attention rises with it at "
         "every layer, from sharp (T = 0.25) to nearly uniform (T = 4, within a few hundredths of a nat of "
         "uniform attention).",
@@ -187,7 +204,9 @@ EXPERIMENTS: list[Experiment] = [
     Experiment(
         "tied-embeddings", "Tied vs untied embeddings",
         "What does sharing one matrix between the embedding and the LM head buy and cost?",
-        Variant("untied (baseline)"), (Variant("tied", {"tie_embeddings": True}, breaks="one vocab x width matrix fewer, one learning rate for both jobs"),),
+        Variant("untied (baseline)"),
+        (Variant("tied", {"tie_embeddings": True},
+                 breaks="one vocab x width matrix fewer, one learning rate for both jobs"),),
         "Tying removes exactly one vocab x width matrix (4,096 x 128 = 524,288 parameters, 29% of this "
         "model); the val loss changes little either way at this size.",
         judges.tying_saves,
@@ -201,7 +220,10 @@ EXPERIMENTS: list[Experiment] = [
         "gqa", "Multi-head, grouped-query and multi-query attention",
         "How much key/value memory does each query head need?",
         Variant("MHA, 4 kv heads (baseline)"),
-        (Variant("GQA, 2 kv heads", {"n_kv_head": 2}, breaks="half the KV cache"), Variant("MQA, 1 kv head", {"n_kv_head": 1}, breaks="multi-query attention: the KV cache shrinks by n_head")),
+        (Variant("GQA, 2 kv heads", {"n_kv_head": 2},
+                 breaks="half the KV cache"),
+         Variant("MQA, 1 kv head", {"n_kv_head": 1},
+                 breaks="multi-query attention: the KV cache shrinks by n_head")),
         "The KV cache per token shrinks with the key/value heads, to 1/2 (GQA) and 1/4 (MQA) of multi-head "
         "attention's, while the val loss stays within a few percent of it.",
         judges.cache_shrinks,
@@ -217,7 +239,10 @@ EXPERIMENTS: list[Experiment] = [
         "softcap-qk-norm", "Logit softcap and QK-norm at a high learning rate",
         "What do the logit softcap and QK-norm keep in check?",
         Variant("both on (baseline)"),
-        (Variant("softcap off", {"softcap": None}, breaks="output logits grow past the cap"), Variant("QK-norm off", {"qk_norm": False}, breaks="attention scores grow until the softmax saturates"),
+        (Variant("softcap off", {"softcap": None},
+                 breaks="output logits grow past the cap"),
+         Variant("QK-norm off", {"qk_norm": False},
+                 breaks="attention scores grow until the softmax saturates"),
          Variant("both off", {"softcap": None, "qk_norm": False}, breaks="nothing bounds the logits or the scores")),
         "At 4x the default learning rates, what each one bounded grows: without the softcap the output "
         "logits pass 15, the cap; without QK-norm the attention scores grow to many times their bound "
@@ -236,7 +261,10 @@ EXPERIMENTS: list[Experiment] = [
         "depth-vs-width", "Depth vs width at a fixed parameter budget",
         "At the same number of block parameters, is it better to be deep or wide?",
         Variant("4 x 128 (baseline)", {"depth": 4, "n_embd": 128}),
-        (Variant("1 x 256", {"depth": 1, "n_embd": 256}, breaks="one wide block: decodes fastest"), Variant("16 x 64", {"depth": 16, "n_embd": 64}, breaks="same block parameters, 4x the depth: decodes slower")),
+        (Variant("1 x 256", {"depth": 1, "n_embd": 256},
+                 breaks="one wide block: decodes fastest"),
+         Variant("16 x 64", {"depth": 16, "n_embd": 64},
+                 breaks="same block parameters, 4x the depth: decodes slower")),
         "The three shapes have the same 786,432 parameters in their blocks and end within a few percent of "
         "each other in val loss, but generating one token costs one pass through every block in turn: the "
         "deeper the shape, the slower it decodes, the 16-block model several times slower than the 1-block one.",
@@ -253,7 +281,9 @@ EXPERIMENTS: list[Experiment] = [
     Experiment(
         "head-specialisation", "Head specialisation",
         "What do the attention heads of a trained model do?",
-        Variant("untrained (baseline)", steps=0), (Variant("trained", breaks="heads a trained model grows, named from their patterns"),),
+        Variant("untrained (baseline)", steps=0),
+        (Variant("trained",
+                 breaks="heads a trained model grows, named from their patterns"),),
         "Training gives some heads a job that can be named from their patterns alone (at this size, "
         "delimiter heads that look back to the last commas and line breaks), while at initialisation every "
         "head spreads its attention with no preference and none can be named.",
