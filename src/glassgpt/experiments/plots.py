@@ -260,6 +260,7 @@ def plot_logits(records, experiment):
 
 def plot_shape(records, experiment):
     plt = _pyplot()
+    records = sorted(records, key=lambda r: r.model["n_layer"])  # shallow to deep
     figure, axes = plt.subplots(1, 3, figsize=(11, 3.6))
     labels = [f"{r.model['n_layer']} x {r.model['n_embd']}" for r in records]
     colors = COLORS[: len(records)]
