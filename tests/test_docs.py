@@ -23,13 +23,14 @@ What a page can say to this test (and to its reader):
   exit with status 0. `curl` is one of the shell verbs, to call such a server.
 
 These adaptations keep CI fast and hermetic, and are the only ones: training commands run with
---max-steps capped at MAX_STEPS (a speedrun: every stage), evaluations (`glassgpt eval`, a
-speedrun's) score at most MAX_PER_TASK items per task, and `glassgpt bench` times one small step
-and a few tokens (we check that the documented command works, not how long it trains, how well it
-scores or how fast it is); each page's cache root starts with tinyshakespeare and the speedrun's
-corpus, their default tokenizers and token shards, and the contamination guard's fingerprints
-already in it (the download, tokenizer and guard code have their own tests); `~/.cache/glassgpt`
-in a command means that cache root; `glassgpt` commands run in this process through `glassgpt.cli.main`, the function
+--max-steps capped at MAX_STEPS (a speedrun: every stage; `glassgpt experiment run|all`: each run
+of each experiment, through --steps), evaluations (`glassgpt eval`, a speedrun's) score at most
+MAX_PER_TASK items per task, and `glassgpt bench` times one small step and a few tokens (we check
+that the documented command works, not how long it trains, how well it scores or how fast it is);
+each page's cache root starts with tinyshakespeare and the speedrun's corpus, their default
+tokenizers and token shards, and the contamination guard's fingerprints already in it (the
+download, tokenizer and guard code have their own tests); `~/.cache/glassgpt` in a command means
+that cache root; `glassgpt` commands run in this process through `glassgpt.cli.main`, the function
 the console script calls, which saves a Python and PyTorch start-up per command (torchrun and
 the benchmark scripts still run as processes of their own); and the README's setup lines (venv,
 pip) are run by .ci/run itself, so here only their `glassgpt` part runs.
@@ -113,6 +114,8 @@ def capped(argv: list[str]) -> list[str]:
     if command in ("eval", "speedrun") and "--help" not in argv:
         argv = _capped_flag(argv, "--max-per-task", MAX_PER_TASK)
         return _capped_flag(argv, "--max-steps", MAX_STEPS) if command == "speedrun" else argv
+    if command == "experiment" and ("run" in argv or "all" in argv) and "--help" not in argv:
+        return _capped_flag(argv, "--steps", MAX_STEPS)
     trains = command in ("train", "quickstart") or any(a.endswith("speedrun_shakespeare.py") for a in argv)
     if not trains or "--help" in argv:
         return argv
@@ -302,6 +305,9 @@ def test_the_harness_reads_exit_codes_reasons_and_setup(tmp_path):
     assert capped(["glassgpt", "speedrun", "--run", "x"])[4:] == ["--max-per-task", str(MAX_PER_TASK),
                                                                   "--max-steps", str(MAX_STEPS)]
     assert capped(["glassgpt", "eval", "--run", "x", "--max-per-task", "100"])[-1] == str(MAX_PER_TASK)
+    assert capped(["glassgpt", "experiment", "run", "gqa"])[-2:] == ["--steps", str(MAX_STEPS)]
+    assert capped(["glassgpt", "experiment", "all", "--steps", "50"])[-1] == str(MAX_STEPS)
+    assert capped(["glassgpt", "experiment", "list"]) == ["glassgpt", "experiment", "list"]
     steps: dict[str, int] = {}
     check_resume_goes_further(["glassgpt", "quickstart"], steps, "page")
     with pytest.raises(AssertionError, match="a reader would get 'already reached'"):

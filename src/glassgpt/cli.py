@@ -86,6 +86,7 @@ def build_parser() -> Parser:
     _add_attention(commands)
     _add_trace(commands)
     _add_learn(commands)
+    _add_experiment(commands)
     return parser
 
 
@@ -1286,3 +1287,58 @@ def _run_learn_compare(args) -> int:
     from glassgpt.learn import versus
 
     return versus.run(args.file, args.steps, args.preset)
+
+
+# -- experiment ------------------------------------------------------------------------------------------
+
+EXPERIMENT_DESCRIPTION = """\
+Break the model on purpose, one switch at a time, and see why each design choice exists.
+
+Each experiment states its prediction, trains a baseline and variants that flip one config switch
+(same data, seed and budget), prints a table (train/val loss, tokens/s, parameters, the judge's figure),
+says whether the predicted symptom appeared and why, and draws plots into
+$GLASSGPT_HOME/experiments/NAME/. Finished runs are cached by their config: running an experiment
+again only renders it (--fresh trains again), and experiments that share a run (the baseline) train it
+once. Ctrl-C keeps every finished run.
+
+  glassgpt experiment list                               the experiments and their questions
+  glassgpt experiment run no-causal-mask                 one experiment (about a minute on 2 cores)
+  glassgpt experiment run positions --html positions.html
+  glassgpt experiment all --html experiments.html        all eleven, within 20 minutes on 2 cores
+"""
+
+
+def _add_experiment(commands) -> None:
+    parser = _sub(commands, "experiment", "break the model one switch at a time: predicted symptoms, checked",
+                  EXPERIMENT_DESCRIPTION)
+    sub = parser.add_subparsers(title="subcommands", metavar="<subcommand>")
+    listing = _sub(sub, "list", "the experiments and the question each one answers",
+                   "List the experiments: name, question, runs.\n\nexample:\n  glassgpt experiment list")
+    listing.set_defaults(handler=_run_experiment, action="list")
+    one = _sub(sub, "run", "run one experiment (cached runs are reused)",
+               "Run one experiment: its prediction, its runs (trained or from the cache), the table, the\n"
+               "verdict, the explanation and the plots.\n\nexamples:\n  glassgpt experiment run no-causal-mask\n"
+               "  glassgpt experiment run gqa --steps 100 --html gqa.html\n  glassgpt experiment run no-norm --fresh")
+    one.add_argument("name", help="the experiment (see glassgpt experiment list)")
+    every = _sub(sub, "all", "run every experiment, then a summary of which symptoms appeared",
+                 "Run all the experiments in order (shared runs are trained once), then print which predicted\n"
+                 "symptoms appeared. About 15-20 minutes on a quiet 2-core CPU the first time; afterwards\n"
+                 "it only renders.\n\nexample:\n  glassgpt experiment all --html experiments.html")
+    for command in (one, every):
+        command.add_argument("--steps", type=_positive_int, default=None, metavar="N",
+                             help="training steps per run (default 200; fewer is quicker, but a symptom may not show)")
+        command.add_argument("--html", metavar="FILE", help="also write one self-contained HTML page")
+        command.add_argument("--fresh", action="store_true", help="train again even if the runs are cached")
+    one.set_defaults(handler=_run_experiment, action="run")
+    every.set_defaults(handler=_run_experiment, action="all")
+    parser.set_defaults(handler=lambda args: (parser.print_help(), 2)[1])
+
+
+def _run_experiment(args) -> int:
+    from glassgpt.experiments import declarations, suite
+
+    if args.action == "list":
+        return suite.list_experiments()
+    names = [args.name] if args.action == "run" else [e.name for e in declarations.EXPERIMENTS]
+    suite.run(names, args.steps, args.fresh, args.html)
+    return 0

@@ -2,7 +2,8 @@
 
 Each entry is keyed by a trace-point pattern (`blocks.*.attn.q`: `*` is the block index) and says
 what the tensor is, its formula, its shape in words, what to look for, the usual bug, and the
-experiment (a config switch) that breaks it. Entries whose key starts with `topic:` explain a step
+config switch that breaks it, with the experiment that shows what breaks (`break_it`: the
+experiment's declaration holds the switch and what it breaks, so the text exists once). Entries whose key starts with `topic:` explain a step
 of the walk-through that is not a single tensor (the rotary tables, the gradient flow...).
 
 The terminal walk-through, the HTML page, the markdown export, the reference docs and the
@@ -18,6 +19,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from glassgpt.experiments.declarations import break_it
 from glassgpt.model.config import GPTConfig
 
 
@@ -58,7 +60,7 @@ ENTRIES: list[Explanation] = [
         "x = wte[idx] + wpe[position]", "(time, n_embd), broadcast over the batch",
         "It only covers sequence_len positions: the model cannot read further than it was built for.",
         "Indexing positions from 0 on every decode step instead of from the cache position.",
-        "--position none (no order information: the model sees a bag of tokens)",
+        break_it("positions", "none"),
         when=lambda c: c.position == "learned",
     ),
     Explanation(
@@ -77,7 +79,7 @@ ENTRIES: list[Explanation] = [
         "x", "(batch, time, n_embd)",
         "Its norm grows block by block as updates are added.",
         "Overwriting the stream instead of adding to it.",
-        "--residual off (x = f(x): deep models stop learning)",
+        break_it("no-residual"),
     ),
     Explanation(
         "blocks.*.attn.norm", "Attention input norm",
@@ -85,7 +87,7 @@ ENTRIES: list[Explanation] = [
         "h = norm(x)", "(batch, time, n_embd)",
         "RMS 1 per position (RMSNorm) or mean 0, variance 1 (LayerNorm).",
         "Epsilon outside the square root: x / (sqrt(mean(x²)) + eps).",
-        "--norm-placement post (the original Transformer's norm(x + f(x)))",
+        break_it("no-norm", "post-norm"),
     ),
     Explanation(
         "blocks.*.attn.q", "Query projection",
@@ -101,7 +103,7 @@ ENTRIES: list[Explanation] = [
         "k = h @ W_kᵀ", "(batch, time, n_kv_head, head_dim)",
         "With grouped-query attention there are fewer key heads than query heads.",
         "Giving keys n_head heads when the model has n_kv_head.",
-        "--n-kv-head 1 (multi-query attention)",
+        break_it("gqa", "MQA, 1 kv head"),
     ),
     Explanation(
         "blocks.*.attn.v", "Value projection",
@@ -109,7 +111,7 @@ ENTRIES: list[Explanation] = [
         "v = h @ W_vᵀ", "(batch, time, n_kv_head, head_dim)",
         "Values carry content, not position: with rotary embedding only q and k are rotated.",
         "Rotating v with RoPE as well.",
-        "--n-kv-head 1",
+        break_it("gqa", "MQA, 1 kv head"),
     ),
     Explanation(
         "blocks.*.attn.q_rot", "Query after rotary embedding",
@@ -118,7 +120,7 @@ ENTRIES: list[Explanation] = [
         "(batch, time, n_head, head_dim)",
         "The vector length is unchanged; position 0 is not rotated at all.",
         "Pairing adjacent dimensions (0,1) where the tables pair halves (i, i + head_dim/2).",
-        "--position learned (or none)",
+        break_it("positions", "learned"),
         when=lambda c: c.position == "rope",
     ),
     Explanation(
@@ -127,7 +129,7 @@ ENTRIES: list[Explanation] = [
         "same rotation as q", "(batch, time, n_kv_head, head_dim)",
         "q_i·k_j changes with i - j, not with i or j alone.",
         "Rotating keys by a different position offset than queries during cached decoding.",
-        "--position none",
+        break_it("positions", "none"),
         when=lambda c: c.position == "rope",
     ),
     Explanation(
@@ -136,14 +138,14 @@ ENTRIES: list[Explanation] = [
         "q = q / sqrt(mean(q²) + eps) over head_dim", "(batch, time, n_head, head_dim)",
         "Each head vector has RMS 1, so |q·k|/sqrt(d) ≤ sqrt(d).",
         "Normalising over all heads at once instead of per head.",
-        "--qk-norm off (scores can grow until the softmax saturates)",
+        break_it("softcap-qk-norm", "QK-norm off"),
         when=lambda c: c.qk_norm,
     ),
     Explanation(
         "blocks.*.attn.k_norm", "Key norm (QK-norm)",
         "Keys are RMS-normalised per head, like queries.",
         "k = k / sqrt(mean(k²) + eps) over head_dim", "(batch, time, n_kv_head, head_dim)",
-        "Each head vector has RMS 1.", "Normalising keys but not queries.", "--qk-norm off",
+        "Each head vector has RMS 1.", "Normalising keys but not queries.", break_it("softcap-qk-norm", "QK-norm off"),
         when=lambda c: c.qk_norm,
     ),
     Explanation(
@@ -152,13 +154,13 @@ ENTRIES: list[Explanation] = [
         "k.repeat_interleave(n_head // n_kv_head, dim=heads)", "(batch, n_head, time, head_dim)",
         "Query head h reads key head h // group. With n_kv_head = n_head this is the keys unchanged.",
         "Repeating with tile order (h % n_kv_head) where the weights assume h // group.",
-        "--n-kv-head 1",
+        break_it("gqa", "MQA, 1 kv head"),
     ),
     Explanation(
         "blocks.*.attn.v_rep", "Values repeated for grouped-query attention",
         "Values are repeated exactly like keys.", "v.repeat_interleave(n_head // n_kv_head, dim=heads)",
         "(batch, n_head, time, head_dim)", "Identical copies within each group of heads.",
-        "Repeating keys but not values.", "--n-kv-head 1",
+        "Repeating keys but not values.", break_it("gqa", "GQA, 2 kv heads"),
     ),
     Explanation(
         "blocks.*.attn.scores", "Attention scores",
@@ -166,7 +168,7 @@ ENTRIES: list[Explanation] = [
         "scores = q @ kᵀ / (temperature x sqrt(head_dim))", "(batch, n_head, time_q, time_k)",
         "Scaling by 1/sqrt(head_dim) keeps the scores' spread near 1 when q and k have unit entries.",
         "No 1/sqrt(d) scaling, or scaling by d: the softmax becomes too sharp or too flat.",
-        "--attn-temperature 4 (flatter attention) or 0.25 (sharper)",
+        break_it("attention-temperature", "T = 4"),
     ),
     Explanation(
         "blocks.*.attn.scores_masked", "Causal mask",
@@ -174,7 +176,7 @@ ENTRIES: list[Explanation] = [
         "scores[i, j] = -inf where j > i", "(batch, n_head, time_q, time_k)",
         "The upper triangle is -inf; the diagonal is kept (a token sees itself).",
         "Masking after the softmax (rows no longer sum to 1) or masking the diagonal too.",
-        "--causal off (the model reads the next token: loss falls to ~0, generation is garbage)",
+        break_it("no-causal-mask"),
         when=lambda c: c.causal,
     ),
     Explanation(
@@ -183,7 +185,7 @@ ENTRIES: list[Explanation] = [
         "pattern = softmax(scores, dim=keys)", "(batch, n_head, time_q, time_k)",
         "Every row sums to 1; heads differ: some look at the previous token, some spread out.",
         "Softmax over the query dimension instead of the key dimension (columns sum to 1).",
-        "--attn-temperature 4",
+        break_it("attention-temperature", "T = 0.25"),
     ),
     Explanation(
         "blocks.*.attn.z", "Weighted sum of values (per head)",
@@ -191,7 +193,7 @@ ENTRIES: list[Explanation] = [
         "z = pattern @ v", "(batch, time, n_head, head_dim)",
         "A position that attends to one key copies that key's value.",
         "Multiplying by k instead of v.",
-        "--n-kv-head 1",
+        break_it("gqa", "MQA, 1 kv head"),
     ),
     Explanation(
         "blocks.*.attn.out", "Attention output projection",
@@ -207,14 +209,14 @@ ENTRIES: list[Explanation] = [
         "x = x + attn(norm(x))   (post-norm: x = norm(x + attn(x)))", "(batch, time, n_embd)",
         "resid.mid = resid.pre + attn.out exactly (pre-norm).",
         "Adding the normalised input instead of the stream (x = norm(x) + attn(norm(x))).",
-        "--residual off",
+        break_it("no-residual"),
     ),
     # -- one block: MLP --------------------------------------------------------------------------
     Explanation(
         "blocks.*.mlp.norm", "MLP input norm",
         "The MLP reads a normalised copy of the stream.", "h = norm(x)", "(batch, time, n_embd)",
         "Same statistics as the attention input norm.", "Reusing the attention norm's output (stale input).",
-        "--norm layer",
+        break_it("no-norm", "no norm"),
     ),
     Explanation(
         "blocks.*.mlp.up", "MLP expansion",
@@ -232,7 +234,7 @@ ENTRIES: list[Explanation] = [
         "SiLU's about -0.28) and make almost nothing exactly 0.",
         "The family's activation swapped for another: ReLU where ReLU² was meant (no square), or exact "
         "GELU where GPT-2's tanh approximation was meant.",
-        "--activation relu (plain ReLU in either family: compare the loss curves)",
+        break_it("activations", "ReLU"),
     ),
     Explanation(
         "blocks.*.mlp.out", "MLP projection back",
@@ -246,14 +248,14 @@ ENTRIES: list[Explanation] = [
         "The stream with the MLP's update added: the next block's input.",
         "x = x + mlp(norm(x))", "(batch, time, n_embd)",
         "resid.post = resid.mid + mlp.out exactly (pre-norm).",
-        "Applying the residual twice (x + x + mlp(x)).", "--residual off",
+        "Applying the residual twice (x + x + mlp(x)).", break_it("no-residual"),
     ),
     # -- head and loss ---------------------------------------------------------------------------
     Explanation(
         "final.norm", "Final norm",
         "The last stream is normalised before the head reads it.", "x = norm(x)", "(batch, time, n_embd)",
         "RMS 1 per position.", "Skipping it with pre-norm blocks (the head sees an unnormalised stream).",
-        "--norm none",
+        break_it("no-norm", "no norm"),
     ),
     Explanation(
         "lm_head.logits_raw", "Logits (before softcap)",
@@ -261,7 +263,7 @@ ENTRIES: list[Explanation] = [
         "logits = x @ W_headᵀ   (tied: W_head = wte)", "(batch, time, vocab_size)",
         "All zero at initialisation with a zero head: the first prediction is uniform.",
         "Computing logits for the last position only while training (no loss on the others).",
-        "--tie-embeddings on",
+        break_it("tied-embeddings"),
     ),
     Explanation(
         "lm_head.logits", "Logits (after softcap)",
@@ -269,7 +271,7 @@ ENTRIES: list[Explanation] = [
         "logits = c · tanh(logits / c)", "(batch, time, vocab_size)",
         "Equal to the raw logits when they are small; capped near ±c when large.",
         "c · tanh(logits) (forgetting to divide by c first).",
-        "--softcap off",
+        break_it("softcap-qk-norm", "softcap off"),
     ),
     Explanation(
         "loss.per_token", "Cross-entropy per token",
@@ -277,7 +279,7 @@ ENTRIES: list[Explanation] = [
         "loss_t = -log softmax(logits_t)[target_t]", "(batch, time)",
         "ln(vocab_size) for a uniform guess; 0 only for a certain, correct prediction.",
         "Targets not shifted by one (predicting the current token instead of the next).",
-        "--causal off",
+        break_it("no-causal-mask"),
     ),
     Explanation(
         "loss", "Loss",
@@ -319,6 +321,7 @@ ENTRIES: list[Explanation] = [
         "Each block reads a normalised copy of the stream and adds its update to the stream itself, so the "
         "stream is a sum of updates and gradients reach early blocks directly through the additions.",
         "x = x + attn(norm(x));  x = x + mlp(norm(x))",
+        experiment=break_it("no-norm", "post-norm"),
     ),
     Explanation(
         "topic:gqa", "Grouped-query attention",
@@ -326,6 +329,7 @@ ENTRIES: list[Explanation] = [
         "Attention is as expressive per query head, while the KV cache (and its memory traffic when "
         "generating) shrinks by the group size.",
         "group = n_head / n_kv_head",
+        experiment=break_it("gqa", "MQA, 1 kv head"),
     ),
     Explanation(
         "topic:transpose", "Heads become a batch dimension",
@@ -339,6 +343,7 @@ ENTRIES: list[Explanation] = [
         "whether the signal reaches the first blocks (residual connections carry it) or vanishes or explodes.",
         "grad = ∂loss/∂tensor",
         look_for="Similar gradient norms across layers; a layer far below the others is not learning.",
+        experiment=break_it("no-residual"),
     ),
     Explanation(
         "topic:update_ratio", "Update-to-weight ratio",
@@ -697,6 +702,17 @@ def check_patterns(patterns: list[str], config: GPTConfig) -> None:
         raise UsageError(f"trace point pattern {pattern!r} matches nothing{hint}")
 
 
+def _break_it_markdown(text: str) -> str:
+    """'--causal off (what breaks): glassgpt experiment run X' → the flag as a train command, what
+    breaks, and the experiment as a command."""
+    if not text:
+        return ""
+    text, _, experiment = text.partition(": glassgpt experiment run ")
+    flags, _, breaks = text.partition(" (")
+    line = f"`glassgpt train ... {flags}`" + (f" ({breaks}" if breaks else "")
+    return line + (f"; see it: `glassgpt experiment run {experiment}`" if experiment else "")
+
+
 def reference_markdown() -> str:
     """docs/reference/trace-points.md, generated from this registry (a test keeps them equal):
     `python -m glassgpt.see.registry > docs/reference/trace-points.md`."""
@@ -715,9 +731,7 @@ def reference_markdown() -> str:
             lines += [entry.meaning, ""]
         for label, text in (("Formula", f"`{entry.formula}`" if entry.formula else ""), ("Shape", entry.shape),
                             ("Look for", entry.look_for), ("Common bug", entry.common_bug),
-                            ("Break it", f"`glassgpt train ... {entry.experiment.split(' (')[0]}`"
-                             + (f" ({entry.experiment.split(' (', 1)[1]}" if " (" in entry.experiment else "")
-                             if entry.experiment else "")):
+                            ("Break it", _break_it_markdown(entry.experiment))):
             if text:
                 lines.append(f"- {label}: {text}")
         if entry.mistakes:
