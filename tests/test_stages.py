@@ -48,7 +48,7 @@ def test_mid_then_sft_from_a_base_run_with_the_same_loop_and_run_files(base, gla
     assert saved["train"]["stage"] == "mid" and saved["parent"] == {"run": "base", "step": 2, "stage": "base"}
     assert saved["model"]["sequence_len"] == 64  # the rope model's context grew to the stage's rows
     assert saved["identity"]["run"] == "mid" and saved["identity"]["context"] == 64
-    assert saved["data"]["conversations"] == {"identity": 50, "arithmetic": 40}
+    assert saved["data"]["conversations"] == {"identity": 100, "arithmetic": 40}
     rows = records(mid)
     assert [r["step"] for r in rows if "val_loss" in r] == [0, 2, 4]
     assert all(r["val_bpb"] > 0 for r in rows if "val_loss" in r)
@@ -69,7 +69,7 @@ def test_mid_then_sft_from_a_base_run_with_the_same_loop_and_run_files(base, gla
     assert sft["identity"]["pretraining"] == saved["identity"]["pretraining"]  # facts carried from the base
     # rows of 65 tokens: the longer identity answers do not fit whole, so SFT skips and counts them
     assert sft["data"]["too_long_skipped"] > 0
-    assert sft["data"]["too_long_skipped"] + sft["data"]["train_conversations"] == 90
+    assert sft["data"]["too_long_skipped"] + sft["data"]["train_conversations"] == 140  # identity 100 + arithmetic 40
 
 
 def test_a_stage_reads_seq_len_like_any_other_integer_flag(base):
