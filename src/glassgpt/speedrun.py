@@ -165,9 +165,12 @@ def train_flags(options: Options, stage: str) -> dict:
         flags.setdefault("mixture", stage)
     if options.max_steps is not None:
         flags["max_steps"] = min(options.max_steps, flags.get("max_steps", options.max_steps))
-        for every in ("eval_every", "checkpoint_every"):  # keep the cadence inside the capped run
-            if flags.get(every):
-                flags[every] = min(flags[every], max(1, flags["max_steps"] // 2))
+        # A capped run is a quick look: evaluate at its start and end only (a base evaluation reads
+        # the whole val split), and checkpoint halfway too, so that a kill still resumes.
+        if flags.get("eval_every"):
+            flags["eval_every"] = min(flags["eval_every"], flags["max_steps"])
+        if flags.get("checkpoint_every"):
+            flags["checkpoint_every"] = min(flags["checkpoint_every"], max(1, flags["max_steps"] // 2))
     flags["device"] = options.device
     return {key: value for key, value in flags.items() if value != ""}
 
