@@ -4,8 +4,9 @@
 - train: `train_step` (forward, backward, clipping, optimiser step, as training runs it) of a
   fresh model on random tokens; tokens/s,
   ms/step and MFU = (FLOPs per token x tokens/s) / matmul peak.
-- decode: tokens/s generating with the KV cache (one token per forward) and without it (the
-  whole context re-run every token).
+- decode: tokens/s generating with the engine (`engine.Engine`: one prefill, then one-token
+  decode steps over the KV cache; on a CPU in fp32, each step on one thread) and without the
+  cache (the whole context re-run every token, the naive reference).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def run(args) -> int:
             rate = bench_decode(config, device, args.decode_tokens, use_cache)
             results["decode"]["kv_cache" if use_cache else "no_cache"] = rate
             out.print(f"decode {'with' if use_cache else 'without'} KV cache: [bold]{rate:,.0f}[/] tok/s "
-                      f"({args.decode_tokens} tokens, batch 1, fp32)")
+                      f"({args.decode_tokens} new tokens after 16, batch 1, fp32)")
     if args.json_out:
         atomic.write_text(args.json_out, json.dumps(results, indent=2))
     return 0
