@@ -22,6 +22,7 @@ STARTED = time.perf_counter()  # before the heavy imports: they are part of a ru
 
 import argparse  # noqa: E402
 import functools  # noqa: E402
+import importlib  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
 import sys  # noqa: E402
@@ -54,6 +55,7 @@ class Phases:
         self.rss_after: dict[str, float] = {}
         self.rss_peak: dict[str, float] = defaultdict(float)
         self.open: list[str] = []
+        self.raised: list[tuple[str, int, float]] = []  # (phase, call, new peak): who raised the peak
         self.stop = threading.Event()
         self.sampler = threading.Thread(target=self._sample, daemon=True)
 
@@ -69,7 +71,7 @@ class Phases:
         @functools.wraps(original)
         def timed(*args, **kwargs):
             self.open.append(name)
-            started = time.perf_counter()
+            started, peak_before = time.perf_counter(), peak_rss_mb()
             try:
                 return original(*args, **kwargs)
             finally:
@@ -78,6 +80,8 @@ class Phases:
                 self.open.remove(name)
                 self.rss_after[name] = rss_mb()
                 self.rss_peak[name] = max(self.rss_peak[name], self.rss_after[name])
+                if peak_rss_mb() > peak_before + 1 and len(self.open) == 0:
+                    self.raised.append((name, self.calls[name], peak_rss_mb()))
 
         setattr(owner, attribute, timed)
 
@@ -96,17 +100,25 @@ def main() -> int:
 
     phases = Phases()
     phases.sampler.start()
-    phases.open.append("imports")
-    imports_started = time.perf_counter()
-    import torch  # noqa: F401
+    # The heavy imports one by one, in the order a run needs them. A run would import the last
+    # two later (torch.optim imports torch._dynamo, and with it sympy, when the first optimiser is
+    # made; matplotlib when the loss curve is drawn): done here, their cost is shown apart.
+    imports = [("import torch", "torch"), ("import glassgpt (cli, training loop)", "glassgpt.train.loop"),
+               ("import torch._dynamo (by torch.optim)", "torch._dynamo"),
+               ("import matplotlib (by the plots)", "matplotlib.figure")]
+    for name, module in imports:
+        phases.open.append(name)
+        started, peak_before = time.perf_counter(), peak_rss_mb()
+        importlib.import_module(module)
+        phases.seconds[name], phases.calls[name] = time.perf_counter() - started, 1
+        phases.open.remove(name)
+        phases.rss_after[name] = rss_mb()
+        if peak_rss_mb() > peak_before + 1:
+            phases.raised.append((name, 1, peak_rss_mb()))
 
     from glassgpt import device, engine, paths, runs
     from glassgpt.cli import main as glassgpt
     from glassgpt.train import checkpoint, loop, stages
-    phases.seconds["imports"] = time.perf_counter() - imports_started
-    phases.calls["imports"] = 1
-    phases.open.remove("imports")
-    phases.rss_after["imports"] = rss_mb()
 
     wrapped = [
         (device, "setup", "device and dtype (setup)"),
@@ -134,13 +146,16 @@ def main() -> int:
     wall = ended - STARTED
     accounted = sum(phases.seconds.values())
     print()
-    print(f"{'phase':<38} {'seconds':>8} {'calls':>6} {'RSS after':>10} {'RSS peak':>9}")
-    for name in ["imports"] + [name for _, _, name in wrapped]:
+    print(f"{'phase':<40} {'seconds':>8} {'calls':>6} {'RSS after':>10} {'RSS peak':>9}")
+    for name in [name for name, _ in imports] + [name for _, _, name in wrapped]:
         if name in phases.calls:
-            print(f"{name:<38} {phases.seconds[name]:>8.2f} {phases.calls[name]:>6} "
+            print(f"{name:<40} {phases.seconds[name]:>8.2f} {phases.calls[name]:>6} "
                   f"{phases.rss_after[name]:>8.0f}MB {phases.rss_peak[name]:>7.0f}MB")
-    print(f"{'everything else (CLI, loop, logging)':<38} {wall - accounted:>8.2f}")
+    print(f"{'everything else (Python, CLI, logging)':<40} {wall - accounted:>8.2f}")
     train_seconds = phases.seconds["training steps"]
+    print("\nthe process's peak RSS was raised by:")
+    for name, call, peak in phases.raised:
+        print(f"  {name} (call {call}): to {peak:.0f} MB")
     print(f"\nwall {wall:.2f}s (main: {ended - main_started:.2f}s), training steps {train_seconds:.2f}s: "
           f"fixed overhead {wall - train_seconds:.2f}s; peak RSS {peak_rss_mb():.0f} MB (VmHWM)")
     shutil.rmtree(paths.run_dir(run), ignore_errors=True)

@@ -107,7 +107,8 @@ def capped(argv: list[str]) -> list[str]:
     command = argv[argv.index("glassgpt") + 1] if "glassgpt" in argv[:-1] else (argv[0] if argv else "")
     if command == "bench" and "--help" not in argv:
         return list(argv) + [item for flag, value in BENCH_CAPS.items() if flag not in argv for item in (flag, value)]
-    trains = command in ("train", "quickstart") or any(a.endswith("speedrun_shakespeare.py") for a in argv)
+    trains = command in ("train", "quickstart") or any(a.endswith(("speedrun_shakespeare.py", "run_profile.py"))
+                                                       for a in argv)
     if not trains or "--help" in argv:
         return argv
     argv = list(argv)

@@ -2,8 +2,16 @@
 
 Without a cache, producing token n re-runs the model over all n previous tokens; with one, each
 step runs the model on the newest token of every row and reads the keys/values of the others
-from the cache. `use_cache=False` keeps the naive path as a reference and for benchmarks; a test
-checks both give the same tokens.
+from the cache. `use_cache=False` keeps the naive path as a reference and for benchmarks; tests
+check that both give the same tokens, and that every step samples from the logits of a full
+forward pass over the context.
+
+Both paths run the reference model (`GPT.forward`); the speed is in how it is called. The rows'
+tokens live in one preallocated (n, sequence_len) buffer and the cache is preallocated, so a
+decode step allocates nothing that grows with the text. On a CPU a decode step of a few rows runs
+on one thread and in fp32: its operations are too small to share between cores, and bf16
+matrix-vector products are slower there than fp32 ones (`benchmarks/decode_vs_nanochat.py`
+measures both).
 
 `Engine.stream` generates N replies to one prompt at once: the prompt is prefilled once and its
 cache copied into every row; then each row has its own state:
