@@ -212,3 +212,19 @@ def test_sequential_windows_predict_every_token_once():
     assert targets == data[1:].tolist()
     split = [sum((y != -1).sum() for _, y in sequential_windows(data, 64, 3, rank=r, world_size=2)) for r in range(2)]
     assert sum(split) == 999
+
+
+def test_corpora_joined_with_plus_keep_each_split_and_get_their_own_cache_key():
+    from glassgpt.data import sources
+    from glassgpt.errors import UsageError
+
+    joined = sources.resolve("brown+tinyshakespeare")
+    brown, shakespeare = sources.resolve("brown"), sources.resolve("tinyshakespeare")
+    assert joined.key == "brown.tinyshakespeare"
+    assert list(joined.train()) == list(brown.train()) + list(shakespeare.train())
+    assert list(joined.val()) == list(brown.val()) + list(shakespeare.val())
+    assert "Brown" in sources.describe_corpus(joined.key) and "Shakespeare" in sources.describe_corpus(joined.key)
+    with pytest.raises(UsageError, match="empty part"):
+        sources.resolve("brown+")
+    with pytest.raises(UsageError, match="names a corpus twice"):
+        sources.resolve("brown+brown")

@@ -23,10 +23,13 @@ What a page can say to this test (and to its reader):
   exit with status 0. `curl` is one of the shell verbs, to call such a server.
 
 These adaptations keep CI fast and hermetic, and are the only ones: training commands run with
---max-steps capped at MAX_STEPS and `glassgpt bench` times one small step and a few tokens (we
-check that the documented command works, not how long it trains or how fast it is); each page's
-cache root starts with tinyshakespeare, its default tokenizer and their token shards already in
-it (the download and tokenizer code have their own tests); `~/.cache/glassgpt` in a command means
+--max-steps capped at MAX_STEPS (a speedrun: every stage; `glassgpt experiment run|all`: each run
+of each experiment, through --steps), evaluations (`glassgpt eval`, a speedrun's) score at most
+MAX_PER_TASK items per task, and `glassgpt bench` times one small step and a few tokens (we check
+that the documented command works, not how long it trains, how well it scores or how fast it is);
+each page's cache root starts with tinyshakespeare and the speedrun's corpus, their default
+tokenizers and token shards, and the contamination guard's fingerprints already in it (the
+download, tokenizer and guard code have their own tests); `~/.cache/glassgpt` in a command means
 that cache root; `glassgpt` commands run in this process through `glassgpt.cli.main`, the function
 the console script calls, which saves a Python and PyTorch start-up per command (torchrun and
 the benchmark scripts still run as processes of their own); and the README's setup lines (venv,
@@ -53,6 +56,7 @@ import pytest
 from conftest import MIRROR, REPO
 
 MAX_STEPS = 3
+MAX_PER_TASK = 2
 PROGRAMS = ("glassgpt", "torchrun", "python benchmarks/")
 SHELL_VERBS = ("printf ", "mkdir ", "cp ", "grep ", "head ", "cat ", "ls ", "curl ")
 DOC_FILES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
@@ -102,11 +106,16 @@ BENCH_CAPS = {"--steps": "1", "--decode-tokens": "8", "--seq-len": "64", "--batc
 
 
 def capped(argv: list[str]) -> list[str]:
-    """Cap --max-steps of training commands (add it when the command trains by default), and the
-    timed steps and tokens of `glassgpt bench`."""
+    """Cap --max-steps of training commands (add it when the command trains by default), the
+    items per task of evaluations, and the timed steps and tokens of `glassgpt bench`."""
     command = argv[argv.index("glassgpt") + 1] if "glassgpt" in argv[:-1] else (argv[0] if argv else "")
     if command == "bench" and "--help" not in argv:
         return list(argv) + [item for flag, value in BENCH_CAPS.items() if flag not in argv for item in (flag, value)]
+    if command in ("eval", "speedrun") and "--help" not in argv:
+        argv = _capped_flag(argv, "--max-per-task", MAX_PER_TASK)
+        return _capped_flag(argv, "--max-steps", MAX_STEPS) if command == "speedrun" else argv
+    if command == "experiment" and ("run" in argv or "all" in argv) and "--help" not in argv:
+        return _capped_flag(argv, "--steps", MAX_STEPS)
     trains = command in ("train", "quickstart") or any(a.endswith(("speedrun_shakespeare.py", "run_profile.py"))
                                                        for a in argv)
     if not trains or "--help" in argv:
@@ -118,6 +127,14 @@ def capped(argv: list[str]) -> list[str]:
     elif "--resume" not in argv:
         argv += ["--max-steps", str(MAX_STEPS)]
     return argv
+
+
+def _capped_flag(argv: list[str], flag: str, cap: int) -> list[str]:
+    argv = list(argv)
+    if flag in argv:
+        argv[argv.index(flag) + 1] = str(min(int(argv[argv.index(flag) + 1]), cap))
+        return argv
+    return argv + [flag, str(cap)]
 
 
 def to_process(command: str, env: dict) -> tuple[list[str], dict]:
@@ -158,14 +175,20 @@ def run_in_process(argv: list[str], env: dict, cwd: Path, monkeypatch, capsys) -
 
 @pytest.fixture(scope="session")
 def warm_cache(tmp_path_factory) -> Path:
-    """A cache root holding tinyshakespeare, its default tokenizer and its token shards."""
+    """A cache root holding tinyshakespeare and the speedrun's corpus, their default tokenizers and
+    token shards, and the contamination guard's fingerprints of the evaluation questions."""
     import subprocess as sp
 
     home = tmp_path_factory.mktemp("docs-cache") / "home"
     env = {**os.environ, "GLASSGPT_HOME": str(home), "NO_COLOR": "1", "GLASSGPT_DATA_MIRROR": str(MIRROR)}
     script = ("from glassgpt.data import sources, shards; from glassgpt.data.prepare import prepare_tokenizer; "
-              "from glassgpt.config import TrainConfig; c = sources.resolve('tinyshakespeare'); c.prepare(); "
-              "shards.load_or_build(c, prepare_tokenizer(TrainConfig(), c, lambda *a: None))")
+              "from glassgpt.config import TrainConfig; from glassgpt.speedrun import PRESETS; "
+              "from glassgpt.tasks.guard import evaluation_fingerprints; "
+              "data = [TrainConfig(), TrainConfig(data=PRESETS['cpu'].base['data'])]\n"
+              "for config in data:\n"
+              "    c = sources.resolve(config.data); c.prepare()\n"
+              "    shards.load_or_build(c, prepare_tokenizer(config, c, lambda *a: None))\n"
+              "evaluation_fingerprints()")
     result = sp.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     return home
@@ -280,6 +303,12 @@ def test_the_harness_reads_exit_codes_reasons_and_setup(tmp_path):
     assert env["FOO"] == "1"
     assert capped(["glassgpt", "train", "--run", "x"])[-2:] == ["--max-steps", str(MAX_STEPS)]
     assert capped(["glassgpt", "sample", "--run", "x"]) == ["glassgpt", "sample", "--run", "x"]
+    assert capped(["glassgpt", "speedrun", "--run", "x"])[4:] == ["--max-per-task", str(MAX_PER_TASK),
+                                                                  "--max-steps", str(MAX_STEPS)]
+    assert capped(["glassgpt", "eval", "--run", "x", "--max-per-task", "100"])[-1] == str(MAX_PER_TASK)
+    assert capped(["glassgpt", "experiment", "run", "gqa"])[-2:] == ["--steps", str(MAX_STEPS)]
+    assert capped(["glassgpt", "experiment", "all", "--steps", "50"])[-1] == str(MAX_STEPS)
+    assert capped(["glassgpt", "experiment", "list"]) == ["glassgpt", "experiment", "list"]
     steps: dict[str, int] = {}
     check_resume_goes_further(["glassgpt", "quickstart"], steps, "page")
     with pytest.raises(AssertionError, match="a reader would get 'already reached'"):

@@ -116,6 +116,12 @@ def test_identity_checks_accept_the_tasks_own_answers_and_reject_wrong_ones():
     assert not who("I am a 35-year-old teacher from Ohio.")
 
 
+def test_facts_are_found_as_whole_words_in_any_case():
+    assert identity.says("Hello! I'm Tin, a glassgpt model.", "tin")
+    assert not identity.says("I'm a tiny model.", "tin") and not identity.says("Martin trained me", "tin")
+    assert identity.says("I was trained by Ada Lovelace, using glassgpt.", "ada lovelace")
+
+
 def test_approximate_counts_read_like_people_say_them():
     assert identity.approximate_count(2_899_968) == "2.9 million"
     assert identity.approximate_count(124_439_808) == "124 million"
@@ -126,31 +132,41 @@ def test_approximate_counts_read_like_people_say_them():
 
 # --- spelling -------------------------------------------------------------------------------------
 
-CALL = re.compile(r"^'([a-z]+)'\.count\('([a-z])'\)$")
+# The word as the question wrote it (any case, maybe in quotes), after a space, then lowercased.
+CALL = re.compile(r"""^(['"]) (['"]?)([A-Za-z]+)\2\1\.lower\(\)\.count\('([a-z])'\)$""")
+
+
+def called_word(call: str) -> tuple[str, str, str]:
+    """(the word as asked, the word lowercased, the letter) of a spelling tool call."""
+    match = CALL.match(call)
+    assert match, call
+    return match.group(2) + match.group(3) + match.group(2), match.group(3).lower(), match.group(4)
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
-def test_spelling_spells_the_word_and_the_tool_result_is_the_true_count(split):
+def test_spelling_calls_first_and_the_tool_result_is_the_true_count(split):
     conversations = spelling.TASK.conversations(split)
-    zeros = 0
+    zeros = spelled_out = 0
     for conversation in conversations:
-        spelled, call, result, conclusion = assistant_parts(conversation)
-        assert [p["type"] for p in (spelled, call, result, conclusion)] == ["text", "tool_call", "tool_result", "text"]
-        word, letter = CALL.match(call["text"]).groups()
+        call, result, reply = assistant_parts(conversation)
+        assert [p["type"] for p in (call, result, reply)] == ["tool_call", "tool_result", "text"]
+        as_asked, word, letter = called_word(call["text"])
         count = sum(1 for char in word if char == letter)  # counted here, not with str.count
         assert result["text"] == str(count)
-        assert "-".join(word) in spelled["text"]
-        assert str(count) in conclusion["text"] and word in conclusion["text"]
+        assert as_asked in conversation["messages"][0]["content"]  # copied as the question wrote it
+        assert str(count) in reply["text"] and word in reply["text"].lower()
         assert word in conversation["messages"][0]["content"].lower()
-        assert (" 1 " in conclusion["text"]) == (count == 1)  # singular only for one
+        assert (" 1 " in reply["text"]) == (count == 1)  # singular only for one
+        spelled_out += "-".join(word) in reply["text"]
         zeros += count == 0
     assert 0.1 < zeros / len(conversations) < 0.4, "questions about absent letters (answer 0) are missing"
+    assert 0.5 < spelled_out / len(conversations) < 0.95, "the replies should mostly, not always, spell the word"
     questions = user_texts(conversations)
     assert any(q != q.lower() for q in questions) and any('"' in q or "'" in q for q in questions)
 
 
 def test_spelling_words_are_held_out_by_word():
-    splits = {split: {CALL.match(assistant_parts(c)[1]["text"]).group(1) for c in spelling.TASK.conversations(split)}
+    splits = {split: {called_word(assistant_parts(c)[0]["text"])[1] for c in spelling.TASK.conversations(split)}
               for split in ("train", "val", "test")}
     assert not splits["train"] & splits["test"] and not splits["train"] & splits["val"]
     assert all(spelling.split_of(word) == "test" for word in splits["test"])
@@ -379,7 +395,7 @@ def test_a_user_file_in_a_spec_is_weighted_and_its_bad_line_is_named(tmp_path, m
     monkeypatch.chdir(tmp_path)
     write_conversations(tmp_path / "mine.jsonl", 12)
     built = mixtures.build("identity:0.1,mine.jsonl:3", "train")
-    assert built.counts == {"identity": 100, "mine.jsonl": 33}  # 11 train conversations, three times
+    assert built.counts == {"identity": 200, "mine.jsonl": 33}  # 11 train conversations, three times
     assert mixtures.build("mine.jsonl", "val").counts == {"mine.jsonl": 1}
 
     bad = tmp_path / "bad.jsonl"

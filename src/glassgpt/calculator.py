@@ -14,7 +14,9 @@ Accepted (strict Python syntax, nothing friendlier):
 - `**` with |base| <= MAX_POWER_BASE and 0 <= exponent <= MAX_POWER_EXPONENT (a negative base may
   not take a fractional exponent: the answer would be complex).
 - `'text'.count('x')` (either quote style): both sides string literals, exactly one positional
-  argument, str.count semantics (`"banana".count("an")` is 2). Strings appear nowhere else, so
+  argument, str.count semantics (`"banana".count("an")` is 2); also `'Text'.lower().count('x')`,
+  which counts in the lowercased text (so a model can copy a word as it was asked, "STRAWBERRY"
+  included, and still count its r's). Strings appear nowhere else, so
   `'a' * 10**9` can never build a big string.
 - Surrounding whitespace and one trailing `=` (`37 + 48 =`) are stripped before parsing.
 
@@ -195,12 +197,24 @@ def _number_literal(value: object) -> int | float:
 
 def _count_call(node: ast.Call) -> int:
     method = node.func
-    if not (isinstance(method, ast.Attribute) and method.attr == "count" and _is_text(method.value)):
+    if not (isinstance(method, ast.Attribute) and method.attr == "count" and _is_counted_text(method.value)):
         raise _Refused(ONLY_COUNT_CALLS)
     if node.keywords or len(node.args) != 1 or not _is_text(node.args[0]):
         raise _Refused("error: 'text'.count('x') takes exactly one text argument")
     # Both strings come from the expression itself, so they are short and the count is fast.
-    return method.value.value.count(node.args[0].value)
+    if _is_text(method.value):
+        text = method.value.value
+    else:  # 'Text'.lower()
+        text = method.value.func.value.value.lower()
+    return text.count(node.args[0].value)
+
+
+def _is_counted_text(node: ast.expr) -> bool:
+    """A string literal, or a string literal's .lower() with no arguments."""
+    if _is_text(node):
+        return True
+    return (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "lower"
+            and _is_text(node.func.value) and not node.args and not node.keywords)
 
 
 def _is_text(node: ast.expr) -> bool:

@@ -20,6 +20,7 @@ glassgpt: train your own ChatGPT-style model on a laptop CPU, and see through ev
 
 Start here:
   glassgpt quickstart                                 tokenizer + a small GPT on Shakespeare, ~2 min on 2 cores
+  glassgpt speedrun --run mychat                      your own ChatGPT: base, mid, SFT, evals, report (~30 min)
   glassgpt sample --run quickstart --prompt "ROMEO:"  talk to what you trained
 
 Everything is cached under $GLASSGPT_HOME (default ~/.cache/glassgpt). Offline? Point
@@ -75,6 +76,9 @@ def build_parser() -> Parser:
     _add_sample(commands)
     _add_chat(commands)
     _add_serve(commands)
+    _add_eval(commands)
+    _add_report(commands)
+    _add_speedrun(commands)
     _add_tokenizer(commands)
     _add_data(commands)
     _add_bench(commands)
@@ -82,6 +86,7 @@ def build_parser() -> Parser:
     _add_attention(commands)
     _add_trace(commands)
     _add_learn(commands)
+    _add_experiment(commands)
     return parser
 
 
@@ -144,7 +149,8 @@ def _add_train(commands) -> None:
     defaults = cfg.TrainConfig()
     groups = {
         "run": ("run", "seed"),
-        "stage (a chat model from a base run)": ("stage", "from_run", "mixture", "identity_name"),
+        "stage (a chat model from a base run)": ("stage", "from_run", "mixture", "identity_name",
+                                                 "model_name"),
         "data": ("data", "vocab_size", "tokenizer"),
         "model size": ("model_file", "init", "family", "depth", "head_dim", "seq_len"),
         "optimisation": ("device_batch_size", "total_batch_size", "max_steps", "optimizer", "matrix_lr",
@@ -250,10 +256,8 @@ def _add_quickstart(commands) -> None:
 
 
 def _run_quickstart(args) -> int:
-    import shutil
-
     from glassgpt import config as cfg, paths, ui
-    from glassgpt.runs import read_run_config
+    from glassgpt.runs import read_run_config, remove_run_files, run_lock
     from glassgpt.train import checkpoint, loop
 
     out = ui.console()
@@ -261,7 +265,8 @@ def _run_quickstart(args) -> int:
     flags = {"run": args.run, **({"max_steps": args.max_steps} if args.max_steps else {})}
     if (run_dir / "config.json").exists():
         if args.fresh:
-            shutil.rmtree(run_dir)
+            with run_lock(run_dir, args.run):  # never under a process still training it
+                remove_run_files(run_dir)
         elif checkpoint.latest(run_dir) is not None:
             state = checkpoint.read_state(checkpoint.latest(run_dir), verify=False)
             saved = read_run_config(run_dir)["train"]
@@ -571,6 +576,152 @@ def _named_or_default_tokenizer(name: str | None):
     corpus = sources.resolve(defaults.data)
     corpus.prepare()
     return prepare_tokenizer(defaults, corpus, say=lambda *a, **k: None)
+
+
+# -- eval -----------------------------------------------------------------------------------------------
+
+EVAL_DESCRIPTION = """\
+Evaluate a saved run on benchmark tasks. Results go to the run's folder (eval.json, rewritten
+after every task) and are shown as a table; --json prints the same document on stdout instead.
+
+Base-model tasks (CORE-style, group "core"; scored by likelihood after few-shot examples):
+{core}
+Chat tasks (group "chat"; questions in the chat format the model was trained on):
+{chat}
+Accuracy is centred by each task's chance (guessing among the options): (accuracy - chance) /
+(1 - chance), so 0 is chance and 1 perfect. CORE is the mean centred accuracy of the core tasks,
+ChatCORE that of ARC-Easy, ARC-Challenge, MMLU, GSM8K, HumanEval and spelling. HumanEval runs the
+model's code in a sandboxed subprocess (time and memory limits, a scrubbed environment, no network
+where the OS allows), never in this process. Under torchrun the items are split across processes.
+
+examples:
+  glassgpt eval --run quickstart                                   CORE tasks (a base run's default)
+  glassgpt eval --run quickstart-sft --tasks chat --max-per-task 100
+  glassgpt eval --run quickstart-sft --tasks arithmetic,identity --json
+  torchrun --standalone --nproc-per-node 2 -m glassgpt eval --run-name quickstart-sft
+"""
+
+
+def _add_eval(commands) -> None:
+    from glassgpt.evals import chat as chat_evals, core as core_evals
+
+    core = "\n".join(f"  {t.label:<34}{t.what}" for t in core_evals.CORE_TASKS)
+    chat = "\n".join(f"  {t.name:<34}{t.what}" for t in chat_evals.CHAT_TASKS)
+    parser = _sub(commands, "eval", "evaluate a run: CORE-style base tasks, chat tasks (ARC, MMLU, GSM8K, HumanEval...)",
+                  EVAL_DESCRIPTION.format(core=core, chat=chat))
+    parser.add_argument("--run", "--run-name", dest="run", required=True, help="the run to evaluate")
+    parser.add_argument("--tasks", default=None, metavar="LIST",
+                        help="comma list of tasks and groups (core, chat, all); default: core for a base run, "
+                             "chat for a chat run")
+    parser.add_argument("--max-per-task", type=_positive_int, default=None, metavar="N",
+                        help="score a fixed random subset of N items per task (default: every item)")
+    parser.add_argument("--checkpoint", type=int, default=None, metavar="STEP", help="use this step's checkpoint (default: newest)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--json", action="store_true", help="print the results as one JSON object on stdout")
+    parser.set_defaults(handler=_run_eval)
+
+
+def _run_eval(args) -> int:
+    import json
+    import os
+
+    from glassgpt import ui
+    from glassgpt.evals import runner
+    from glassgpt.runs import read_run_config
+    from glassgpt import paths
+
+    saved = read_run_config(paths.run_dir(args.run))  # "no run named …" before any work
+    runner.task_names(args.tasks, saved["train"].get("stage", "base"))  # a bad --tasks: before loading
+    document = runner.evaluate(runner.EvalOptions(args.run, args.tasks, args.max_per_task, args.checkpoint,
+                                                  args.device))
+    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun, rank 0 speaks for the group
+        return 0
+    if args.json:
+        print(json.dumps(document, indent=2))
+    else:
+        runner.render(document, ui.console())
+        ui.console().print(f"results: {runner.results_path(args.run)}")
+    return 0
+
+
+# -- report ---------------------------------------------------------------------------------------------
+
+REPORT_DESCRIPTION = """\
+Write a report of a run and the runs it grew from (a chat run's --from chain: BASE → MID → SFT):
+<run>/report.md (plots in <run>/plots/) and <run>/report.html (one self-contained page).
+
+  summary      every metric by stage: parameters, tokens, time, val bits/byte, CORE, each task, ChatCORE
+  training     the loss curves of every stage on one figure; steps, tokens, wall time, peak memory, config
+  evaluations  eval.json of each stage (glassgpt eval) as a table and as bars of centred accuracy
+  replies      the last samples of each stage and a few evaluation replies, right or wrong
+  system       CPU, cores, memory, GPU, torch; the size of glassgpt's code
+
+examples:
+  glassgpt report --run quickstart
+  glassgpt report --run quickstart-sft
+"""
+
+
+def _add_report(commands) -> None:
+    parser = _sub(commands, "report", "write report.md and report.html: every stage's training and evaluations",
+                  REPORT_DESCRIPTION)
+    parser.add_argument("--run", required=True, help="the run to report (with the runs it grew from)")
+    parser.set_defaults(handler=_run_report)
+
+
+def _run_report(args) -> int:
+    from glassgpt import report, ui
+
+    markdown, page = report.write(args.run)
+    ui.console().print(f"wrote {markdown} and {page}")
+    return 0
+
+
+# -- speedrun -------------------------------------------------------------------------------------------
+
+SPEEDRUN_DESCRIPTION = """\
+Your own ChatGPT in one command: every stage in order, with one progress view and ETA.
+
+  tokenizer → base (NAME-base) → base-eval → mid (NAME-mid) → mid-eval → sft (NAME) → sft-eval → report
+
+A finished stage is skipped, so after an interruption (Ctrl-C, a crash, even kill -9) the same
+command continues from the last checkpoint of the stage it was in. It ends by printing where the
+report is and how to talk to the model (glassgpt chat --run NAME) and serve it.
+
+presets:
+{presets}
+
+examples:
+  glassgpt speedrun --run mychat
+  glassgpt speedrun --run try --max-steps 20 --max-per-task 10     a quick look at every stage
+  torchrun --standalone --nproc-per-node 8 -m glassgpt speedrun --run-name d20 --preset gpu
+"""
+
+
+def _add_speedrun(commands) -> None:
+    from glassgpt.speedrun import PRESETS
+
+    presets = "\n".join(f"  {name:<6}{preset.description}" for name, preset in PRESETS.items())
+    parser = _sub(commands, "speedrun", "tokenizer → base → mid → SFT → eval → report in one resumable command",
+                  SPEEDRUN_DESCRIPTION.format(presets=presets))
+    parser.add_argument("--run", "--run-name", dest="run", required=True,
+                        help="name of the chat model (its runs: NAME-base, NAME-mid, NAME)")
+    parser.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="what to size it for (default cpu)")
+    parser.add_argument("--max-steps", type=_positive_int, default=None, metavar="N",
+                        help="cap every training stage at N steps (a quick trial of the whole pipeline)")
+    parser.add_argument("--max-per-task", type=_positive_int, default=None, metavar="N",
+                        help="cap every evaluation task at N items")
+    parser.add_argument("--identity-name", default="", metavar="NAME",
+                        help="who trained the model, as it will say (default: your user name)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.set_defaults(handler=_run_speedrun)
+
+
+def _run_speedrun(args) -> int:
+    from glassgpt import speedrun
+
+    return speedrun.run(speedrun.Options(args.run, args.preset, args.max_steps, args.max_per_task,
+                                         args.identity_name, args.device))
 
 
 # -- tokenizer ------------------------------------------------------------------------------------------
@@ -1136,3 +1287,58 @@ def _run_learn_compare(args) -> int:
     from glassgpt.learn import versus
 
     return versus.run(args.file, args.steps, args.preset)
+
+
+# -- experiment ------------------------------------------------------------------------------------------
+
+EXPERIMENT_DESCRIPTION = """\
+Break the model on purpose, one switch at a time, and see why each design choice exists.
+
+Each experiment states its prediction, trains a baseline and variants that flip one config switch
+(same data, seed and budget), prints a table (train/val loss, tokens/s, parameters, the judge's figure),
+says whether the predicted symptom appeared and why, and draws plots into
+$GLASSGPT_HOME/experiments/NAME/. Finished runs are cached by their config: running an experiment
+again only renders it (--fresh trains again), and experiments that share a run (the baseline) train it
+once. Ctrl-C keeps every finished run.
+
+  glassgpt experiment list                               the experiments and their questions
+  glassgpt experiment run no-causal-mask                 one experiment (about a minute on 2 cores)
+  glassgpt experiment run positions --html positions.html
+  glassgpt experiment all --html experiments.html        all eleven, within 20 minutes on 2 cores
+"""
+
+
+def _add_experiment(commands) -> None:
+    parser = _sub(commands, "experiment", "break the model one switch at a time: predicted symptoms, checked",
+                  EXPERIMENT_DESCRIPTION)
+    sub = parser.add_subparsers(title="subcommands", metavar="<subcommand>")
+    listing = _sub(sub, "list", "the experiments and the question each one answers",
+                   "List the experiments: name, question, runs.\n\nexample:\n  glassgpt experiment list")
+    listing.set_defaults(handler=_run_experiment, action="list")
+    one = _sub(sub, "run", "run one experiment (cached runs are reused)",
+               "Run one experiment: its prediction, its runs (trained or from the cache), the table, the\n"
+               "verdict, the explanation and the plots.\n\nexamples:\n  glassgpt experiment run no-causal-mask\n"
+               "  glassgpt experiment run gqa --steps 100 --html gqa.html\n  glassgpt experiment run no-norm --fresh")
+    one.add_argument("name", help="the experiment (see glassgpt experiment list)")
+    every = _sub(sub, "all", "run every experiment, then a summary of which symptoms appeared",
+                 "Run all the experiments in order (shared runs are trained once), then print which predicted\n"
+                 "symptoms appeared. About 15-20 minutes on a quiet 2-core CPU the first time; afterwards\n"
+                 "it only renders.\n\nexample:\n  glassgpt experiment all --html experiments.html")
+    for command in (one, every):
+        command.add_argument("--steps", type=_positive_int, default=None, metavar="N",
+                             help="training steps per run (default 200; fewer is quicker, but a symptom may not show)")
+        command.add_argument("--html", metavar="FILE", help="also write one self-contained HTML page")
+        command.add_argument("--fresh", action="store_true", help="train again even if the runs are cached")
+    one.set_defaults(handler=_run_experiment, action="run")
+    every.set_defaults(handler=_run_experiment, action="all")
+    parser.set_defaults(handler=lambda args: (parser.print_help(), 2)[1])
+
+
+def _run_experiment(args) -> int:
+    from glassgpt.experiments import declarations, suite
+
+    if args.action == "list":
+        return suite.list_experiments()
+    names = [args.name] if args.action == "run" else [e.name for e in declarations.EXPERIMENTS]
+    suite.run(names, args.steps, args.fresh, args.html)
+    return 0

@@ -55,6 +55,8 @@ class TrainConfig:
     'identity:2,gsm8k,chats.jsonl' (name or .jsonl file, optional :epochs)."""
     identity_name: str = ""
     """mid/sft: who trained the model, as the identity conversations tell it; empty = your user name."""
+    model_name: str = ""
+    """mid/sft: the model's own name, as the identity conversations tell it; empty = the run's name."""
     # -- data --------------------------------------------------------------------------------
     data: str = "tinyshakespeare"
     """Corpus: tinyshakespeare | fineweb-edu[:N] | a .txt/.jsonl/.parquet file, folder or glob."""
@@ -150,6 +152,8 @@ class TrainConfig:
             paths.check_name(self.from_run, "run")
             if self.from_run == self.run:
                 raise UsageError(f"--from {self.from_run} is the run being trained; give the new stage its own --run")
+            if len(self.model_name) > 60 or "\n" in self.model_name:
+                raise UsageError("--model-name is how the model names itself: one line of at most 60 characters")
             if not self.mixture.strip():
                 raise UsageError(f"--mixture is empty; --stage {self.stage} trains on a conversation mixture "
                                  "(see glassgpt data list)")

@@ -3,7 +3,8 @@
 Device `auto` picks cuda > mps > cpu. Dtype `auto` is a measured policy, not a guess:
 
 - CUDA: bf16 autocast when the GPU supports bf16 (Ampere and newer), else fp32.
-- MPS: fp32 (bf16 autocast on MPS is not reliable across macOS versions).
+- MPS: fp32. `--dtype bf16` autocasts to bf16 where the Apple GPU supports it (macOS 14 or newer,
+  and a PyTorch with MPS autocast); elsewhere it is refused, never silently run in fp32.
 - CPU: fp32 when the CPU's flags show no bf16 instructions; otherwise time a bf16 and an fp32
   matmul (~0.2 s) and use bf16 only when it is clearly faster. CPUs with AVX512-BF16 or AMX run
   bf16 about twice as fast as fp32; CPUs without them (e.g. AMD Zen 3, most laptops before 2023)
@@ -78,6 +79,8 @@ def resolve_dtype(name: str, device: torch.device) -> tuple[str, str]:
     if name == "bf16":
         if device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise GlassError("--dtype bf16, but this GPU does not support bf16; use --dtype fp32")
+        if device.type == "mps" and (problem := mps_bf16_problem()):
+            raise GlassError(f"--dtype bf16, but {problem}; use --dtype fp32")
         return "bf16", "asked for bf16"
     if name != "auto":
         raise UsageError(f"--dtype must be one of auto, fp32, bf16, not {name!r}")
@@ -86,7 +89,7 @@ def resolve_dtype(name: str, device: torch.device) -> tuple[str, str]:
             return "bf16", "this GPU supports bf16"
         return "fp32", "this GPU has no bf16 support"
     if device.type == "mps":
-        return "fp32", "MPS trains in fp32"
+        return "fp32", "MPS trains in fp32 unless asked (--dtype bf16, macOS 14 or newer)"
     native = cpu_has_native_bf16()
     if native is False:
         return "fp32", "this CPU has no bf16 instructions (AVX512-BF16, AMX or Arm BF16), so bf16 would be emulated"
@@ -94,6 +97,16 @@ def resolve_dtype(name: str, device: torch.device) -> tuple[str, str]:
     if bf16 > 1.3 * fp32:
         return "bf16", f"bf16 matmul measured {bf16:.0f} vs fp32 {fp32:.0f} GFLOP/s on this CPU"
     return "fp32", f"bf16 matmul measured {bf16:.1f} vs fp32 {fp32:.0f} GFLOP/s on this CPU"
+
+
+def mps_bf16_problem() -> str | None:
+    """Why bf16 autocast cannot run on this Mac's GPU, or None when it can: it needs bf16 on the
+    Metal GPU (macOS 14 or newer) and a PyTorch whose autocast knows MPS (2.5 or newer)."""
+    if not torch.amp.is_autocast_available("mps"):
+        return f"this PyTorch ({torch.__version__}) has no autocast for MPS (it needs 2.5 or newer)"
+    if not torch.backends.mps.is_macos_or_newer(14, 0):
+        return "bf16 on the Apple GPU needs macOS 14 or newer"
+    return None
 
 
 def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
@@ -155,6 +168,20 @@ def measure_matmul(device: torch.device, dtype: torch.dtype, n: int = 1024, seco
             return best
 
 
+def copies_through_pinned_memory(device: str | torch.device) -> bool:
+    """Whether host batches go to `device` through page-locked (pinned) memory, copied without
+    blocking: on CUDA, where that lets the copy overlap the GPU's work. MPS shares memory with the
+    CPU and the CPU needs no copy, so neither gains from it."""
+    return torch.device(device).type == "cuda"
+
+
+def adamw_implementation(device: str | torch.device) -> dict:
+    """AdamW's keyword for `device`: one fused kernel per step on CUDA (fewest launches, the
+    fastest there); `foreach` elsewhere, which batches the update into a few multi-tensor ops and
+    keeps CPU runs exactly as they were measured."""
+    return {"fused": True} if torch.device(device).type == "cuda" else {"foreach": True}
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -174,7 +201,9 @@ def setup(device: str = "auto", dtype: str = "auto") -> Runtime:
             backend = "nccl" if resolved.type == "cuda" else "gloo"
             if resolved.type == "cuda":
                 torch.cuda.set_device(resolved)
-            dist.init_process_group(backend=backend)
+            # device_id: NCCL binds this process to its GPU at once, so no collective (a barrier
+            # before the first all-reduce) can land on another rank's GPU.
+            dist.init_process_group(backend=backend, device_id=resolved if resolved.type == "cuda" else None)
     if resolved.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True  # tf32 matmuls for fp32 parts: ~free speed
         torch.backends.cudnn.allow_tf32 = True

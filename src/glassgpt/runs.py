@@ -7,17 +7,22 @@
       samples.txt       "=== step N ===" sections of samples
       plots/loss.png    training loss and validation curves
       checkpoints/step-NNNNNN/   (see train/checkpoint.py)
+      .lock             held (flock) by the process training the run; empty
 
-Training writes through `RunFolder`; everything that reads a run (`sample`, `trace --run`,
+Training writes through `RunFolder`, under `run_lock`; everything that reads a run (`sample`, `trace --run`,
 `attention`, `chat`, `serve`, the next stage's `--from`) opens it with `load_run` or
 `read_run_config`.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import re
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +58,89 @@ def check_writable(path: Path) -> None:
                          "(set GLASSGPT_HOME to a folder you can write to)")
 
 
+# -- one writer per run ------------------------------------------------------------------------------
+
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path, run: str) -> Iterator[None]:
+    """Hold the run's lock while training it: a second process training the same run is refused.
+
+    The lock is the kernel's (flock on `.lock` in the run folder), not the file's existence: the
+    kernel releases it when the process ends in any way, kill -9 and power loss included, so a
+    crash never leaves a stale lock in the way of `--resume`. A run folder that holds nothing
+    but the lock when it is released (a run that failed before writing anything) is removed.
+    """
+    import fcntl
+
+    lock_path = run_dir / LOCK_NAME
+    while True:
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+        except OSError as error:
+            raise GlassError(f"cannot write to {run_dir}: {error.strerror or error}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise GlassError(f"run {run!r} is being trained by another process (it holds {lock_path}); wait for it "
+                             "to finish or stop it, or choose another --run") from None
+        except OSError as error:
+            if error.errno not in (errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.EINVAL):
+                os.close(fd)
+                raise
+            # Some network filesystems have no locks: train unguarded rather than not at all.
+            from glassgpt import ui
+
+            ui.err_console().print(f"[yellow]note[/]: {run_dir.parent} does not support file locks "
+                                   f"({error.strerror}); nothing stops a second process from training {run!r} too")
+        # The holder before us may have removed the folder (and this file) while we waited to
+        # open it: a lock on a deleted file guards nothing, so try again on the new one.
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock_path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        try:
+            if {p.name for p in run_dir.iterdir()} <= {LOCK_NAME}:
+                lock_path.unlink(missing_ok=True)  # unlinked while still held: see the samestat check
+                run_dir.rmdir()
+        except OSError:
+            pass
+        os.close(fd)
+
+
+def remove_run_files(run_dir: Path) -> None:
+    """Delete everything in the run folder but its lock (which the caller holds)."""
+    for entry in run_dir.iterdir() if run_dir.is_dir() else ():
+        if entry.name == LOCK_NAME:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+
+
+def remove_leftovers(run_dir: Path) -> list[str]:
+    """Clear what a process killed mid-write left in the run folder (the caller holds the lock,
+    so nobody is writing them): temp files of atomic writes, and half-written or half-deleted
+    checkpoint folders (see `checkpoint.remove_leftovers`). Returns what was removed."""
+    removed = []
+    for folder in (run_dir, run_dir / "plots"):
+        for path in folder.glob(".*.tmp") if folder.is_dir() else ():
+            if path.is_file():
+                path.unlink(missing_ok=True)
+                removed.append(path.name)
+    return removed + checkpoint.remove_leftovers(run_dir)
+
+
 class RunFolder:
     """Writes the files of one run. Every append is one whole record, so a reader (or a crash)
     never sees half a line; whole files are written atomically."""
@@ -76,8 +164,7 @@ class RunFolder:
             self.samples_path.unlink(missing_ok=True)
             return
         if self.metrics_path.exists():
-            kept = [line for line in self.metrics_path.read_text().splitlines()
-                    if line and json.loads(line)["step"] <= resume_step]
+            kept = [json.dumps(record) for record in self.metrics() if record["step"] <= resume_step]
             atomic.write_text(self.metrics_path, "".join(line + "\n" for line in kept))
         if self.samples_path.exists():
             atomic.write_text(self.samples_path, samples_up_to(self.samples_path.read_text(encoding="utf-8"), resume_step))
@@ -90,9 +177,11 @@ class RunFolder:
                      "".join(f"{prompt}{text}\n---\n" for prompt, text in samples))
 
     def metrics(self) -> list[dict]:
+        """The records of metrics.jsonl; a last line cut short (the process was killed while
+        appending it) is left out: it belongs to a step that the resume computes again."""
         if not self.metrics_path.exists():
             return []
-        return [json.loads(line) for line in self.metrics_path.read_text().splitlines() if line]
+        return read_metrics(self.metrics_path.read_text())
 
     def _append(self, path: Path, text: str) -> None:
         try:
@@ -129,6 +218,21 @@ class RunFolder:
         figure.tight_layout()
         with atomic.atomic_path(self.plot_path) as tmp:
             figure.savefig(tmp, format="png", dpi=110)
+
+
+def read_metrics(text: str) -> list[dict]:
+    records = []
+    lines = text.split("\n")
+    for number, line in enumerate(lines, 1):
+        if not line:
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if number == len(lines):  # the unfinished last line of a killed writer
+                break
+            raise GlassError(f"metrics.jsonl is damaged at line {number}: {line[:60]!r}") from None
+    return records
 
 
 def samples_up_to(text: str, step: int) -> str:
@@ -181,6 +285,18 @@ def load_run(name: str, step: int | None = None, device: str | torch.device = "c
     model.eval()
     tokenizer = Tokenizer.load(folder / "tokenizer.json")
     return LoadedRun(name, folder, saved, model, tokenizer, state["step"])
+
+
+def resume_state(name: str) -> tuple[str, int]:
+    """(what a scheduler's job script should do with run `name`, its newest checkpoint's step):
+    "new" (no checkpoint: train it without --resume), "resume" (continue it with --resume) or
+    "done" (the newest checkpoint reached the run's max_steps). Used by scripts/slurm/."""
+    folder = paths.run_dir(name)
+    newest = checkpoint.latest(folder)
+    if newest is None or not (folder / "config.json").exists():
+        return "new", 0
+    step = checkpoint.read_state(newest, verify=False)["step"]
+    return ("done" if step >= read_run_config(folder)["train"]["max_steps"] else "resume"), step
 
 
 def build_saved_model(name: str, saved: dict, device, sequence_len: int | None = None) -> torch.nn.Module:

@@ -10,6 +10,12 @@ y = window[1:]) starting at a random offset, then visits them in a random order;
 
 With `world_size` ranks, each global batch is batch_size x world_size consecutive windows of the
 permutation; rank r takes the r-th slice, so ranks never see the same window in a step.
+
+An optimiser step of A micro-batches on W ranks therefore reads the same A x W x batch_size
+consecutive windows as one of A x W micro-batches on one rank: N processes train on exactly the
+batches one process would with gradient accumulation. The ragged end of an epoch is dropped a whole
+optimiser step at a time (`micro_batches_per_step`), so that this holds across epochs too: with a
+micro-batch at a time, one process would use windows that two processes drop.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
+from glassgpt.device import copies_through_pinned_memory
 from glassgpt.errors import GlassError
 
 
@@ -28,6 +35,9 @@ class TokenLoader:
         self.tokens, self.batch_size, self.seq_len = tokens, batch_size, seq_len
         self.seed, self.rank, self.world_size, self.device = seed, rank, world_size, device
         self.epoch, self.position = 0, 0  # position: windows of this epoch already consumed (all ranks)
+        # Set by the training loop to its gradient accumulation steps: an epoch ends when a whole
+        # optimiser step no longer fits in it (see the module's docstring).
+        self.micro_batches_per_step = 1
         windows_needed = batch_size * world_size
         if windows_in(len(tokens), seq_len, offset=seq_len - 1) < windows_needed:
             raise GlassError(
@@ -46,8 +56,11 @@ class TokenLoader:
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(x, y), each (batch_size, seq_len) int64 on the loader's device."""
         step_windows = self.batch_size * self.world_size
+        optimizer_step_windows = step_windows * self.micro_batches_per_step
         offset, order = self._order
-        if self.position + step_windows > len(order):  # drop the ragged end, start a new epoch
+        starts_a_step = self.position % optimizer_step_windows == 0
+        if (self.position + step_windows > len(order)  # drop the ragged end, start a new epoch
+                or starts_a_step and self.position + optimizer_step_windows > len(order)):
             self.epoch, self.position = self.epoch + 1, 0
             self._order = offset, order = self._epoch_order(self.epoch)
         mine = order[self.position + self.rank * self.batch_size:][: self.batch_size]
@@ -152,6 +165,9 @@ class ConversationLoader:
         self.pack, self.pad_id = pack, pad_id
         self.lengths = np.array([len(ids) for ids, _ in conversations])
         self.epoch = 0
+        # Rows run on from one epoch into the next, so N processes read what one process with N
+        # times the accumulation reads without knowing the step's size; kept for a common interface.
+        self.micro_batches_per_step = 1
         self._cursor = _Cursor(self._epoch_order(0))
 
     @property
@@ -285,6 +301,8 @@ def conversation_batches(conversations: list[tuple[np.ndarray, np.ndarray]], seq
 
 
 def _to_device(tensor: torch.Tensor, device) -> torch.Tensor:
-    if torch.device(device).type == "cuda":
+    """A host batch on `device`. To a GPU it goes through page-locked memory without waiting: the
+    copy overlaps the work still queued on the GPU, which then uses it in order."""
+    if copies_through_pinned_memory(device):
         return tensor.pin_memory().to(device, non_blocking=True)
     return tensor.to(device)

@@ -10,6 +10,8 @@
     path/to/file.parquet   one document per row of its "text" column
     path/to/folder         every .txt/.md/.jsonl/.parquet file under it, in sorted order
     'data/*.jsonl'         a glob pattern
+    brown+tinyshakespeare  several of the above, joined with '+': each keeps its own split, and
+                           train (and val) is every part's train (val) in turn
 
 Split rule: a corpus of one document is split by character, first 90% train, last 10% val (for
 tinyshakespeare this is exactly nanoGPT's split, so bits per byte compare with its val loss).
@@ -103,6 +105,11 @@ def resolve(spec: str) -> Corpus:
     spec = (spec or "").strip()
     if not spec:
         raise UsageError("--data is empty: give a corpus name (tinyshakespeare, fineweb-edu) or a path")
+    if "+" in spec and not Path(spec).expanduser().exists():
+        parts = [part.strip() for part in spec.split("+")]
+        if not all(parts):
+            raise UsageError(f"--data {spec!r} has an empty part: join corpora as brown+tinyshakespeare")
+        return _joined([resolve(part) for part in parts])
     name, _, count = spec.partition(":")
     if name == "tinyshakespeare" and not count:
         return _tinyshakespeare()
@@ -126,6 +133,28 @@ def resolve(spec: str) -> Corpus:
     raise UsageError(
         f"unknown data source {spec!r}: not a registered corpus ({', '.join(REGISTRY)}) "
         "and no file or folder by that name"
+    )
+
+
+def _joined(parts: list[Corpus]) -> Corpus:
+    """Several corpora as one: each is split its own way, so no val text of one part is ever in
+    train. The key names every part, joined by '.' (a folder name may not hold '+'; no other key
+    has a '.'), so the joined corpus gets a tokenizer and shards of its own."""
+    keys = [part.key for part in parts]
+    if len(set(keys)) < len(keys):
+        raise UsageError(f"--data {'+'.join(keys)} names a corpus twice")
+
+    def chained(split: str) -> Iterator[str]:
+        for part in parts:
+            yield from getattr(part, split)()
+
+    return Corpus(
+        key=".".join(keys),
+        description=" + ".join(part.description for part in parts),
+        train=lambda: chained("train"),
+        val=lambda: chained("val"),
+        sample_prompts=tuple(prompt for part in parts for prompt in part.sample_prompts[:2]),
+        prepare=lambda: [part.prepare() for part in parts],
     )
 
 
@@ -235,6 +264,8 @@ def _untagged(sentence: str) -> str:
 
 def describe_corpus(key: str) -> str:
     """A corpus in words, for what a chat model says it was pretrained on."""
+    if "." in key:  # a joined corpus (see _joined)
+        return " and ".join(describe_corpus(part) for part in key.split("."))
     if key in REGISTRY:
         return {"tinyshakespeare": "tiny Shakespeare (1 MB of Shakespeare's plays)",
                 "brown": "the Brown corpus (1961 American English)"}.get(key, key)

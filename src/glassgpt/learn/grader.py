@@ -24,6 +24,8 @@ from rich.markup import escape
 
 from glassgpt.errors import GlassError, UsageError
 from glassgpt.learn.checks import CHECKS, MILESTONES
+from glassgpt.learn.compare import finite_or_none
+from glassgpt.learn.describe import describe_nonfinite
 from glassgpt.learn.mistakes import BY_ID
 from glassgpt.model.config import FAMILIES
 
@@ -46,10 +48,18 @@ class Report:
         return bool(self.checks) and all(c["status"] == "pass" for c in self.checks)
 
     def to_json(self) -> str:
-        keys = ("name", "phase", "status", "max_abs_error", "mistake", "hint", "message", "todo")
-        return json.dumps({"file": self.file, "family": self.family, "component": self.component,
-                           "passed": self.passed, "milestones": self.milestones, "printed_lines": self.printed_lines,
-                           "checks": [{k: c.get(k) for k in keys} for c in self.checks]}, indent=1)
+        """Strict JSON (any parser reads it): a non-finite error is null, and `nonfinite` says why."""
+        keys = ("name", "phase", "status", "max_abs_error", "mistake", "hint", "message", "todo", "config_fields")
+        checks = []
+        for check in self.checks:
+            entry = {k: check.get(k) for k in keys}
+            nonfinite = check.get("nonfinite")
+            entry["nonfinite"] = {k: nonfinite[k] for k in ("nan", "inf", "values", "where")} if nonfinite else None
+            checks.append(entry)
+        return json.dumps(finite_or_none({"file": self.file, "family": self.family, "component": self.component,
+                                          "passed": self.passed, "milestones": self.milestones,
+                                          "printed_lines": self.printed_lines, "checks": checks}),
+                          indent=1, allow_nan=False)
 
 
 def check_names(family: str, component: str | None = None) -> list[str]:
@@ -263,13 +273,17 @@ def _detail(check: dict) -> list[str]:
     if comparison:
         lines.append(f"compared: {escape(comparison['what'])}")
         lines.append(f"shapes: expected {tuple(comparison['expected_shape'])}, got {tuple(comparison['got_shape'])}")
-        if comparison.get("max_abs_error") is not None:
+        if comparison.get("nonfinite"):
+            lines.append(f"non-finite: {escape(describe_nonfinite(comparison['nonfinite']))}")
+        elif comparison.get("max_abs_error") is not None and comparison.get("max_rel_error") is not None:
             lines.append(f"max abs error {comparison['max_abs_error']:.3g}, max rel error {comparison['max_rel_error']:.3g}, "
                          f"{100 * comparison['within_tolerance']:.1f}% of values within tolerance")
         if comparison.get("first_difference"):
             first = comparison["first_difference"]
-            lines.append(f"first difference at index {tuple(first['index'])}: got {first['got']:.6g}, "
-                         f"expected {first['expected']:.6g}")
+            lines.append(f"first difference at index {tuple(first['index'])}: got {_number(first['got'])}, "
+                         f"expected {_number(first['expected'])}")
+    if check.get("config_fields"):
+        lines.append(f"[yellow]depends on: {', '.join('config.' + f for f in check['config_fields'])}[/]")
     if check.get("mistake"):
         lines.append(f"[yellow]looks like: {check['mistake']} — {escape(BY_ID[check['mistake']].description)}[/]")
     if check.get("hint"):
@@ -277,6 +291,11 @@ def _detail(check: dict) -> list[str]:
     if check.get("todo"):
         lines.append(f"[cyan]next: {escape(check['todo'])}[/]")
     return lines
+
+
+def _number(value) -> str:
+    """A value of the first difference; None stands for a NaN or inf (strict JSON has neither)."""
+    return "NaN or inf" if value is None else f"{value:.6g}"
 
 
 def watch(path: str | Path, run, interval: float = 0.5) -> int:

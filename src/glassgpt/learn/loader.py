@@ -147,6 +147,12 @@ def build_learner_model(path: str | Path, config, device, reference=None):
     try:
         loss.backward()
     except Exception as error:
+        from glassgpt.learn.backward import locate_inplace
+
+        located = locate_inplace(error, lambda: model(idx, idx).backward(), path)  # an in-place edit: its line
+        if located:
+            raise GlassError(f"your GPT ({name}) failed in its first backward pass, loss.backward(): {located} "
+                             f"({check})") from None
         raise learner_failure(path, "its first backward pass, loss.backward()", error) from None
     model.zero_grad(set_to_none=True)
     emitted, missing = trace_coverage(tracer.order, config)

@@ -91,8 +91,10 @@ def apply_rotary_opposite(x, cos, sin):
 
 
 def attention_variant(attn, x, cos, sin, *, scale="sqrt", mask="before", softmax_dim=-1, rope_v=False,
-                      qk_norm=None, repeat="interleave", merge="transpose", rotate=apply_rotary):
-    """The reference attention computed step by step from `attn`'s weights, with one thing changed."""
+                      qk_norm=None, repeat="interleave", merge="transpose", rotate=apply_rotary,
+                      factor: float | None = None):
+    """The reference attention computed step by step from `attn`'s weights, with one thing changed.
+    `factor` multiplies q·kᵀ instead of the scale (to fit the learner's scale from its output)."""
     B, T, C = x.shape
     H, Hkv, D = attn.n_head, attn.n_kv_head, attn.head_dim
     q = attn.c_q(x).view(B, T, H, D)
@@ -112,7 +114,8 @@ def attention_variant(attn, x, cos, sin, *, scale="sqrt", mask="before", softmax
     else:  # tile: head h reads kv head h % Hkv
         k, v = k.repeat(1, group, 1, 1), v.repeat(1, group, 1, 1)
     temperature = attn.scale * math.sqrt(D)  # = 1 / temperature of the config
-    factor = {"sqrt": attn.scale, "none": temperature, "d": temperature / D}[scale]
+    if factor is None:
+        factor = {"sqrt": attn.scale, "none": temperature, "d": temperature / D}[scale]
     scores = (q @ k.transpose(-2, -1)) * factor
     allowed = torch.ones(T, T, dtype=torch.bool).tril()
     if attn.causal and mask == "before":
@@ -266,5 +269,15 @@ def diagnose(component: str, got: torch.Tensor, *args, atol: float = 1e-4, rtol:
                 return mistake
             continue
         if isinstance(got, torch.Tensor) and got.shape == wrong.shape and matches(wrong, got, atol, rtol):
+            # a wrong version that is as close to the correct output is no explanation (exact and
+            # tanh GELU agree within this tolerance: an output that equals the reference's is not
+            # "exact GELU" because its gradient differs for another reason)
+            if correct is not None and not _closer(got, wrong, correct):
+                continue
             return mistake
     return None
+
+
+def _closer(got: torch.Tensor, wrong: torch.Tensor, correct: torch.Tensor) -> bool:
+    got = got.detach().float()
+    return (got - wrong.float()).abs().max().item() < (got - correct.detach().float()).abs().max().item()

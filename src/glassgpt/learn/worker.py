@@ -19,6 +19,7 @@ from pathlib import Path
 
 from glassgpt.errors import GlassError
 from glassgpt.learn import checks as grading
+from glassgpt.learn.compare import finite_or_none
 from glassgpt.learn.loader import check_family, check_names, import_learner, where_in
 from glassgpt.see.registry import grader_hint
 
@@ -31,6 +32,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--known", default="")
     parser.add_argument("--log", required=True)
     args = parser.parse_args(argv)
+    # The grading model is tiny: a second thread only adds synchronisation to every operation, and on
+    # a busy machine each operation then waits for a descheduled thread (measured 10x slower).
+    import torch
+
+    torch.set_num_threads(1)
     path = Path(args.file).resolve()
     known = dict(item.split("=", 1) for item in args.known.split(",") if item)
     wanted = [name for name in args.checks.split(",") if name]
@@ -38,8 +44,8 @@ def main(argv: list[str] | None = None) -> int:
             open(args.results, "a", encoding="utf-8") as results, \
             contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
 
-        def emit(record: dict) -> None:
-            results.write(json.dumps(record) + "\n")
+        def emit(record: dict) -> None:  # strict JSON: a non-finite number is null (the record says so)
+            results.write(json.dumps(finite_or_none(record), allow_nan=False) + "\n")
             results.flush()
 
         emit({"event": "start", "name": "import"})
@@ -93,10 +99,14 @@ def run_check(check: grading.Check, context: grading.Context, path: Path, failed
         result.todo, result.message = todo, f"not written yet: {todo}"
     except grading.CheckFailed as error:
         result.status, result.message = "fail", str(error)
-        result.mistake, result.hint = error.mistake, error.hint
+        result.mistake, result.hint, result.config_fields = error.mistake, error.hint, error.fields
         if error.comparison is not None:
             result.comparison = dataclasses.asdict(error.comparison)
             result.max_abs_error = error.comparison.max_abs_error
+            result.nonfinite = error.comparison.nonfinite
+    except grading.LearnerError as error:  # the learner's exception, already located in their file
+        result.status, result.message = "error", str(error)
+        result.hint, result.config_fields = error.hint, error.fields
     except TypeError as error:
         result.status = "error"
         result.message = where_in(error, path)

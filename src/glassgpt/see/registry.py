@@ -2,7 +2,8 @@
 
 Each entry is keyed by a trace-point pattern (`blocks.*.attn.q`: `*` is the block index) and says
 what the tensor is, its formula, its shape in words, what to look for, the usual bug, and the
-experiment (a config switch) that breaks it. Entries whose key starts with `topic:` explain a step
+config switch that breaks it, with the experiment that shows what breaks (`break_it`: the
+experiment's declaration holds the switch and what it breaks, so the text exists once). Entries whose key starts with `topic:` explain a step
 of the walk-through that is not a single tensor (the rotary tables, the gradient flow...).
 
 The terminal walk-through, the HTML page, the markdown export, the reference docs and the
@@ -18,6 +19,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from glassgpt.experiments.declarations import break_it
 from glassgpt.model.config import GPTConfig
 
 
@@ -58,7 +60,7 @@ ENTRIES: list[Explanation] = [
         "x = wte[idx] + wpe[position]", "(time, n_embd), broadcast over the batch",
         "It only covers sequence_len positions: the model cannot read further than it was built for.",
         "Indexing positions from 0 on every decode step instead of from the cache position.",
-        "--position none (no order information: the model sees a bag of tokens)",
+        break_it("positions", "none"),
         when=lambda c: c.position == "learned",
     ),
     Explanation(
@@ -77,7 +79,7 @@ ENTRIES: list[Explanation] = [
         "x", "(batch, time, n_embd)",
         "Its norm grows block by block as updates are added.",
         "Overwriting the stream instead of adding to it.",
-        "--residual off (x = f(x): deep models stop learning)",
+        break_it("no-residual"),
     ),
     Explanation(
         "blocks.*.attn.norm", "Attention input norm",
@@ -85,7 +87,7 @@ ENTRIES: list[Explanation] = [
         "h = norm(x)", "(batch, time, n_embd)",
         "RMS 1 per position (RMSNorm) or mean 0, variance 1 (LayerNorm).",
         "Epsilon outside the square root: x / (sqrt(mean(x²)) + eps).",
-        "--norm-placement post (the original Transformer's norm(x + f(x)))",
+        break_it("no-norm", "post-norm"),
     ),
     Explanation(
         "blocks.*.attn.q", "Query projection",
@@ -101,7 +103,7 @@ ENTRIES: list[Explanation] = [
         "k = h @ W_kᵀ", "(batch, time, n_kv_head, head_dim)",
         "With grouped-query attention there are fewer key heads than query heads.",
         "Giving keys n_head heads when the model has n_kv_head.",
-        "--n-kv-head 1 (multi-query attention)",
+        break_it("gqa", "MQA, 1 kv head"),
     ),
     Explanation(
         "blocks.*.attn.v", "Value projection",
@@ -109,7 +111,7 @@ ENTRIES: list[Explanation] = [
         "v = h @ W_vᵀ", "(batch, time, n_kv_head, head_dim)",
         "Values carry content, not position: with rotary embedding only q and k are rotated.",
         "Rotating v with RoPE as well.",
-        "--n-kv-head 1",
+        break_it("gqa", "MQA, 1 kv head"),
     ),
     Explanation(
         "blocks.*.attn.q_rot", "Query after rotary embedding",
@@ -118,7 +120,7 @@ ENTRIES: list[Explanation] = [
         "(batch, time, n_head, head_dim)",
         "The vector length is unchanged; position 0 is not rotated at all.",
         "Pairing adjacent dimensions (0,1) where the tables pair halves (i, i + head_dim/2).",
-        "--position learned (or none)",
+        break_it("positions", "learned"),
         when=lambda c: c.position == "rope",
     ),
     Explanation(
@@ -127,7 +129,7 @@ ENTRIES: list[Explanation] = [
         "same rotation as q", "(batch, time, n_kv_head, head_dim)",
         "q_i·k_j changes with i - j, not with i or j alone.",
         "Rotating keys by a different position offset than queries during cached decoding.",
-        "--position none",
+        break_it("positions", "none"),
         when=lambda c: c.position == "rope",
     ),
     Explanation(
@@ -136,14 +138,14 @@ ENTRIES: list[Explanation] = [
         "q = q / sqrt(mean(q²) + eps) over head_dim", "(batch, time, n_head, head_dim)",
         "Each head vector has RMS 1, so |q·k|/sqrt(d) ≤ sqrt(d).",
         "Normalising over all heads at once instead of per head.",
-        "--qk-norm off (scores can grow until the softmax saturates)",
+        break_it("softcap-qk-norm", "QK-norm off"),
         when=lambda c: c.qk_norm,
     ),
     Explanation(
         "blocks.*.attn.k_norm", "Key norm (QK-norm)",
         "Keys are RMS-normalised per head, like queries.",
         "k = k / sqrt(mean(k²) + eps) over head_dim", "(batch, time, n_kv_head, head_dim)",
-        "Each head vector has RMS 1.", "Normalising keys but not queries.", "--qk-norm off",
+        "Each head vector has RMS 1.", "Normalising keys but not queries.", break_it("softcap-qk-norm", "QK-norm off"),
         when=lambda c: c.qk_norm,
     ),
     Explanation(
@@ -152,13 +154,13 @@ ENTRIES: list[Explanation] = [
         "k.repeat_interleave(n_head // n_kv_head, dim=heads)", "(batch, n_head, time, head_dim)",
         "Query head h reads key head h // group. With n_kv_head = n_head this is the keys unchanged.",
         "Repeating with tile order (h % n_kv_head) where the weights assume h // group.",
-        "--n-kv-head 1",
+        break_it("gqa", "MQA, 1 kv head"),
     ),
     Explanation(
         "blocks.*.attn.v_rep", "Values repeated for grouped-query attention",
         "Values are repeated exactly like keys.", "v.repeat_interleave(n_head // n_kv_head, dim=heads)",
         "(batch, n_head, time, head_dim)", "Identical copies within each group of heads.",
-        "Repeating keys but not values.", "--n-kv-head 1",
+        "Repeating keys but not values.", break_it("gqa", "GQA, 2 kv heads"),
     ),
     Explanation(
         "blocks.*.attn.scores", "Attention scores",
@@ -166,7 +168,7 @@ ENTRIES: list[Explanation] = [
         "scores = q @ kᵀ / (temperature x sqrt(head_dim))", "(batch, n_head, time_q, time_k)",
         "Scaling by 1/sqrt(head_dim) keeps the scores' spread near 1 when q and k have unit entries.",
         "No 1/sqrt(d) scaling, or scaling by d: the softmax becomes too sharp or too flat.",
-        "--attn-temperature 4 (flatter attention) or 0.25 (sharper)",
+        break_it("attention-temperature", "T = 4"),
     ),
     Explanation(
         "blocks.*.attn.scores_masked", "Causal mask",
@@ -174,7 +176,7 @@ ENTRIES: list[Explanation] = [
         "scores[i, j] = -inf where j > i", "(batch, n_head, time_q, time_k)",
         "The upper triangle is -inf; the diagonal is kept (a token sees itself).",
         "Masking after the softmax (rows no longer sum to 1) or masking the diagonal too.",
-        "--causal off (the model reads the next token: loss falls to ~0, generation is garbage)",
+        break_it("no-causal-mask"),
         when=lambda c: c.causal,
     ),
     Explanation(
@@ -183,7 +185,7 @@ ENTRIES: list[Explanation] = [
         "pattern = softmax(scores, dim=keys)", "(batch, n_head, time_q, time_k)",
         "Every row sums to 1; heads differ: some look at the previous token, some spread out.",
         "Softmax over the query dimension instead of the key dimension (columns sum to 1).",
-        "--attn-temperature 4",
+        break_it("attention-temperature", "T = 0.25"),
     ),
     Explanation(
         "blocks.*.attn.z", "Weighted sum of values (per head)",
@@ -191,7 +193,7 @@ ENTRIES: list[Explanation] = [
         "z = pattern @ v", "(batch, time, n_head, head_dim)",
         "A position that attends to one key copies that key's value.",
         "Multiplying by k instead of v.",
-        "--n-kv-head 1",
+        break_it("gqa", "MQA, 1 kv head"),
     ),
     Explanation(
         "blocks.*.attn.out", "Attention output projection",
@@ -207,14 +209,14 @@ ENTRIES: list[Explanation] = [
         "x = x + attn(norm(x))   (post-norm: x = norm(x + attn(x)))", "(batch, time, n_embd)",
         "resid.mid = resid.pre + attn.out exactly (pre-norm).",
         "Adding the normalised input instead of the stream (x = norm(x) + attn(norm(x))).",
-        "--residual off",
+        break_it("no-residual"),
     ),
     # -- one block: MLP --------------------------------------------------------------------------
     Explanation(
         "blocks.*.mlp.norm", "MLP input norm",
         "The MLP reads a normalised copy of the stream.", "h = norm(x)", "(batch, time, n_embd)",
         "Same statistics as the attention input norm.", "Reusing the attention norm's output (stale input).",
-        "--norm layer",
+        break_it("no-norm", "no norm"),
     ),
     Explanation(
         "blocks.*.mlp.up", "MLP expansion",
@@ -232,7 +234,7 @@ ENTRIES: list[Explanation] = [
         "SiLU's about -0.28) and make almost nothing exactly 0.",
         "The family's activation swapped for another: ReLU where ReLU² was meant (no square), or exact "
         "GELU where GPT-2's tanh approximation was meant.",
-        "--activation relu (plain ReLU in either family: compare the loss curves)",
+        break_it("activations", "ReLU"),
     ),
     Explanation(
         "blocks.*.mlp.out", "MLP projection back",
@@ -246,14 +248,14 @@ ENTRIES: list[Explanation] = [
         "The stream with the MLP's update added: the next block's input.",
         "x = x + mlp(norm(x))", "(batch, time, n_embd)",
         "resid.post = resid.mid + mlp.out exactly (pre-norm).",
-        "Applying the residual twice (x + x + mlp(x)).", "--residual off",
+        "Applying the residual twice (x + x + mlp(x)).", break_it("no-residual"),
     ),
     # -- head and loss ---------------------------------------------------------------------------
     Explanation(
         "final.norm", "Final norm",
         "The last stream is normalised before the head reads it.", "x = norm(x)", "(batch, time, n_embd)",
         "RMS 1 per position.", "Skipping it with pre-norm blocks (the head sees an unnormalised stream).",
-        "--norm none",
+        break_it("no-norm", "no norm"),
     ),
     Explanation(
         "lm_head.logits_raw", "Logits (before softcap)",
@@ -261,7 +263,7 @@ ENTRIES: list[Explanation] = [
         "logits = x @ W_headᵀ   (tied: W_head = wte)", "(batch, time, vocab_size)",
         "All zero at initialisation with a zero head: the first prediction is uniform.",
         "Computing logits for the last position only while training (no loss on the others).",
-        "--tie-embeddings on",
+        break_it("tied-embeddings"),
     ),
     Explanation(
         "lm_head.logits", "Logits (after softcap)",
@@ -269,7 +271,7 @@ ENTRIES: list[Explanation] = [
         "logits = c · tanh(logits / c)", "(batch, time, vocab_size)",
         "Equal to the raw logits when they are small; capped near ±c when large.",
         "c · tanh(logits) (forgetting to divide by c first).",
-        "--softcap off",
+        break_it("softcap-qk-norm", "softcap off"),
     ),
     Explanation(
         "loss.per_token", "Cross-entropy per token",
@@ -277,7 +279,7 @@ ENTRIES: list[Explanation] = [
         "loss_t = -log softmax(logits_t)[target_t]", "(batch, time)",
         "ln(vocab_size) for a uniform guess; 0 only for a certain, correct prediction.",
         "Targets not shifted by one (predicting the current token instead of the next).",
-        "--causal off",
+        break_it("no-causal-mask"),
     ),
     Explanation(
         "loss", "Loss",
@@ -319,6 +321,7 @@ ENTRIES: list[Explanation] = [
         "Each block reads a normalised copy of the stream and adds its update to the stream itself, so the "
         "stream is a sum of updates and gradients reach early blocks directly through the additions.",
         "x = x + attn(norm(x));  x = x + mlp(norm(x))",
+        experiment=break_it("no-norm", "post-norm"),
     ),
     Explanation(
         "topic:gqa", "Grouped-query attention",
@@ -326,6 +329,7 @@ ENTRIES: list[Explanation] = [
         "Attention is as expressive per query head, while the KV cache (and its memory traffic when "
         "generating) shrinks by the group size.",
         "group = n_head / n_kv_head",
+        experiment=break_it("gqa", "MQA, 1 kv head"),
     ),
     Explanation(
         "topic:transpose", "Heads become a batch dimension",
@@ -339,6 +343,7 @@ ENTRIES: list[Explanation] = [
         "whether the signal reaches the first blocks (residual connections carry it) or vanishes or explodes.",
         "grad = ∂loss/∂tensor",
         look_for="Similar gradient norms across layers; a layer far below the others is not learning.",
+        experiment=break_it("no-residual"),
     ),
     Explanation(
         "topic:update_ratio", "Update-to-weight ratio",
@@ -524,6 +529,85 @@ _GRADER_HINTS: dict[str, str] = {
                          "context; append it and repeat.",
     "generation.crop": "Once the text is longer than config.sequence_len, feed the model only its last "
                        "sequence_len tokens: idx[:, -config.sequence_len:].",
+    # a failure under the grader's varied setting only: the learner's code does not follow a config field
+    "config.n_layer": "Build config.n_layer blocks: nn.ModuleList(Block(config, i) for i in range(config.n_layer)).",
+    "config.n_embd": "Size every layer from config.n_embd (C), never from a number: the width changes with the model.",
+    "config.n_head": "Split into config.n_head query heads of config.head_dim = n_embd // n_head each: read both from "
+                     "the config, in view(B, T, n_head, head_dim) and in the scale 1/sqrt(head_dim).",
+    "config.n_kv_head": "c_k and c_v have config.n_kv_head · head_dim outputs, and each key/value head serves "
+                        "n_head // n_kv_head query heads: compute that group from the config, not a constant.",
+    "config.head_dim": "head_dim = n_embd // n_head changes with both: use config.head_dim (or n_embd // n_head) "
+                       "wherever the size of one head is meant (the view into heads, the scale 1/sqrt(head_dim), "
+                       "the rotary frequencies base^(-2i/head_dim)), never a number.",
+    "config.vocab_size": "The embedding and the head have config.vocab_size rows.",
+    "config.sequence_len": "Size the rotary tables and learned positions for config.sequence_len positions, slice them "
+                           "to the T of the input, and crop generation to the last config.sequence_len tokens.",
+    "config.mlp_ratio": "The MLP's hidden width is config.mlp_hidden = config.mlp_ratio · n_embd (4 · n_embd by "
+                        "default): read it from the config rather than writing 4.",
+    "config.rope_base": "rotary_tables(seq_len, head_dim, base) turns pair i by base^(-2i/head_dim): use its base "
+                        "argument, and call it with config.rope_base when building the tables in GPT.__init__.",
+    "config.softcap": "The softcap is c · tanh(logits / c) with c = config.softcap, not a number written in the code.",
+    "config.dropout": "Apply dropout with p = config.dropout, only in training mode: F.dropout(x, p, self.training) "
+                      "or an nn.Dropout(config.dropout) module (model.eval() turns it off).",
+    "config.several": "Your code follows the default config but not the varied one: look for numbers written where a "
+                      "config field (n_head, n_kv_head, n_embd, sequence_len, mlp_ratio, rope_base, softcap, dropout) "
+                      "should be read.",
+    "error.sizes": "The numbers in this error are sizes of the grading model, named after the config fields they "
+                   "equal: find where a tensor of one size meets one of another (for example keys and values with "
+                   "n_kv_head heads meeting queries with n_head heads need repeat_interleave(n_head // n_kv_head)).",
+    # a difference said in words (a constant factor, an offset, a shift, another order...)
+    "words": "The difference has a simple shape (said after the numbers): a constant factor points at a scale or a "
+             "normalisation, an offset at a bias or an added term, a shift at an index off by one, another order at "
+             "a reshape, transpose or indexing, a difference at some positions only at masking or slicing.",
+    "words.norm_eps": "eps = NORM_EPS (1e-5), inside the square root: x / sqrt(mean(x²) + eps).",
+    "words.rope_base": "rotary_tables(seq_len, head_dim, base) must use its base argument: the frequencies are "
+                       "base^(-2i/head_dim), and GPT.__init__ passes config.rope_base.",
+    "words.attention_scale": "The scores are q·kᵀ / sqrt(head_dim), with head_dim = n_embd // n_head the size of one "
+                             "head (not n_embd, not head_dim itself).",
+    "words.softcap": "The softcap is c · tanh(logits / c) with c = config.softcap (None: no softcap at all).",
+    # NaN or inf where the reference is finite: the likely cause, from where they are
+    "nonfinite.masked_diagonal": "The first position(s) have no key left to attend to: a query may see itself, so mask "
+                                 "only the later keys (j > i: torch.ones(T, T).tril() keeps j ≤ i, triu(diagonal=1) "
+                                 "marks j > i). Softmax over a row that is all -inf is 0/0 = NaN.",
+    "nonfinite.masked_inverted": "The last position has no key left to attend to, yet with a causal mask it sees "
+                                 "every key: the mask looks inverted (masked_fill(mask, -inf) where the mask marks "
+                                 "the keys to keep; use ~mask). Softmax over a row of -inf is NaN.",
+    "nonfinite.masked_row": "Some queries have every key masked: softmax over a row that is all -inf is 0/0 = NaN. "
+                            "Each query must keep at least itself (mask only j > i).",
+    "nonfinite.overflow": "Values overflowed float32 (beyond 3.4e38): typically exp() of a large number. Subtract the "
+                          "row maximum before exp (torch.softmax and F.cross_entropy do), or use the library function.",
+    "nonfinite.log_zero": "A log of zero: log(softmax(…)) underflows to log(0) = -inf for unlikely tokens. Use "
+                          "F.cross_entropy on the logits (or log_softmax), which never takes the log of 0.",
+    "nonfinite.zero_division": "A division of zero by zero: a vector that is all zeros has mean(x²) = 0, so "
+                               "x / sqrt(mean(x²)) is 0/0 = NaN. eps inside the square root keeps the denominator "
+                               "positive.",
+    "nonfinite.loss": "The loss is NaN: 0/0 (a mean over no counted targets), or inf - inf in a hand-written "
+                      "log-sum-exp. Use F.cross_entropy(logits, targets, ignore_index=-1) and divide by the count "
+                      "clamped to at least 1.",
+    "nonfinite.other": "NaN appears where the reference stays finite: look for 0/0, inf - inf, sqrt or log of a "
+                       "negative number, or a softmax over a row that is all -inf.",
+    "nonfinite.training": "The loss became NaN or inf during training: one step's forward or backward produced a "
+                          "non-finite value (0/0, an overflow, a log of zero); glassgpt learn check --component "
+                          "forward names where.",
+    # dropout (checked under the varied setting, where config.dropout > 0)
+    "dropout.eval": "Dropout must be off in eval mode: F.dropout(x, p, self.training) (F.dropout's own default is "
+                    "training=True, which drops even in eval mode), or an nn.Dropout module, which follows "
+                    "model.eval().",
+    "dropout.ignored": "Apply dropout with p = config.dropout in training mode: F.dropout(x, config.dropout, "
+                       "self.training), or nn.Dropout(config.dropout).",
+    "dropout.rate": "Use p = config.dropout, not a number of your own, and apply dropout once at each place.",
+    "dropout.scale": "Dropout divides the values it keeps by 1 - p, so that the expected output equals the eval-mode "
+                     "output: F.dropout and nn.Dropout do this; a mask of your own must too.",
+    "dropout.sites": "The reference applies dropout (p = config.dropout, training mode only) at four places: the "
+                     "embedding before the first block (before embed_norm), the attention weights after the "
+                     "softmax, the attention's output after c_proj, and the MLP's output after c_proj.",
+    "inplace.input": "Leave a module's input as it is: x = x - mean, not x -= mean. In the model the same tensor is "
+                     "read again by the caller (the residual stream is added to after the norm), so changing it in "
+                     "place changes the model's output or breaks backward.",
+    # an error raised during backward
+    "gradient.inplace": "An in-place operation (x += …, x.add_(…), x[…] = …, inplace=True) changed a tensor that "
+                        "autograd saved to compute gradients. Write the out-of-place form (x = x + …) at the line "
+                        "named.",
 }
 
 
@@ -618,6 +702,17 @@ def check_patterns(patterns: list[str], config: GPTConfig) -> None:
         raise UsageError(f"trace point pattern {pattern!r} matches nothing{hint}")
 
 
+def _break_it_markdown(text: str) -> str:
+    """'--causal off (what breaks): glassgpt experiment run X' → the flag as a train command, what
+    breaks, and the experiment as a command."""
+    if not text:
+        return ""
+    text, _, experiment = text.partition(": glassgpt experiment run ")
+    flags, _, breaks = text.partition(" (")
+    line = f"`glassgpt train ... {flags}`" + (f" ({breaks}" if breaks else "")
+    return line + (f"; see it: `glassgpt experiment run {experiment}`" if experiment else "")
+
+
 def reference_markdown() -> str:
     """docs/reference/trace-points.md, generated from this registry (a test keeps them equal):
     `python -m glassgpt.see.registry > docs/reference/trace-points.md`."""
@@ -636,9 +731,7 @@ def reference_markdown() -> str:
             lines += [entry.meaning, ""]
         for label, text in (("Formula", f"`{entry.formula}`" if entry.formula else ""), ("Shape", entry.shape),
                             ("Look for", entry.look_for), ("Common bug", entry.common_bug),
-                            ("Break it", f"`glassgpt train ... {entry.experiment.split(' (')[0]}`"
-                             + (f" ({entry.experiment.split(' (', 1)[1]}" if " (" in entry.experiment else "")
-                             if entry.experiment else "")):
+                            ("Break it", _break_it_markdown(entry.experiment))):
             if text:
                 lines.append(f"- {label}: {text}")
         if entry.mistakes:

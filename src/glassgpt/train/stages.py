@@ -97,7 +97,7 @@ def _chat(config: TrainConfig, runtime, eval_batch: int, say, saved: dict | None
                              "(glassgpt tokenizer train reserves them)")
         step = int(checkpoint_of(config.from_run).name.split("-")[1])
         parent = {"run": config.from_run, "step": step, "stage": parent_config["train"].get("stage", "base")}
-        facts = Facts(run=config.run, parameters=count_parameters(config.model_config(tokenizer.vocab_size)).total,
+        facts = Facts(run=config.model_name or config.run, parameters=count_parameters(config.model_config(tokenizer.vocab_size)).total,
                       trainer=config.identity_name or _user_name(), pretraining=_pretraining(parent_config),
                       chat_data=mixtures.describe_spec(config.mixture), context=config.seq_len)
     mixture = mixtures.parse_mixture(config.mixture)
