@@ -19,6 +19,7 @@ on a CPU); nothing of it is copied into glassgpt. Without --nanochat, only glass
     python benchmarks/decode_vs_nanochat.py --nanochat /tmp/nanochat
     python benchmarks/decode_vs_nanochat.py --nanochat /tmp/nanochat --depth 4 --vocab-size 4096 --tokens 256
     python benchmarks/decode_vs_nanochat.py --rounds 3 --dtype bf16       # glassgpt only, decode steps under bf16 autocast
+    python benchmarks/decode_vs_nanochat.py --nanochat /tmp/nanochat --compile   # also torch.compile'd decode steps
 """
 
 from __future__ import annotations
@@ -101,6 +102,8 @@ def main() -> int:
     parser.add_argument("--dtype", default="fp32", choices=("fp32", "bf16"),
                         help="also time glassgpt's steps under bf16 autocast (bf16 KV cache); the Engine itself "
                              "generates in fp32 on a CPU")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time glassgpt's Engine with torch.compile'd decode steps (compile time printed apart)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch's intra-op threads for everything (default: torch's own choice, as a user "
                              "runs it; glassgpt's decode steps use one thread either way)")
@@ -124,6 +127,14 @@ def main() -> int:
         bf16_engine = Engine(model)
         bf16_engine.autocast = autocast  # what the Engine would do on a GPU: every step under bf16 autocast
         runs["glassgpt Engine, bf16 autocast"] = lambda: bf16_engine.generate(prompt, args.tokens, **sampling)
+    if args.compile:
+        compiled_engine = Engine(model, compile=True)
+        started = time.perf_counter()
+        for _ in compiled_engine.generate(prompt, 8, **sampling):  # the first decode step compiles
+            pass
+        print(f"glassgpt Engine(compile=True): {time.perf_counter() - started:.1f} s to compile the decode step "
+              "(not counted below)")
+        runs["glassgpt Engine, compiled decode"] = lambda: compiled_engine.generate(prompt, args.tokens, **sampling)
     if args.nanochat:
         nano, nano_config = nanochat_engine(args.nanochat, args.depth, args.vocab_size, args.sequence_len)
 

@@ -95,7 +95,8 @@ class Engine:
 
     `tokenizer` is needed for tools and stop texts (to read what a row wrote)."""
 
-    def __init__(self, model: GPT, autocast=contextlib.nullcontext, tokenizer: Tokenizer | None = None):
+    def __init__(self, model: GPT, autocast=contextlib.nullcontext, tokenizer: Tokenizer | None = None,
+                 compile: bool = False):
         self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
         # On a CPU, generation runs in fp32 whatever the training format: its steps are
@@ -104,6 +105,13 @@ class Engine:
         self.autocast = contextlib.nullcontext if self.device.type == "cpu" else autocast
         # A learner's GPT may have no KV cache: then every token re-runs the context.
         self.cacheable = "kv_cache" in inspect.signature(model.forward).parameters
+        # compile=True runs the decode steps (one token per row, over the cache) through
+        # torch.compile: the same model code, its small operations fused, so a step pays the Python
+        # and dispatch cost of a few kernels instead of a few hundred operations. Compiling takes
+        # tens of seconds on a CPU, paid at the first decode step, so it pays only over long or
+        # many generations (`glassgpt bench --compile` shows both sides). Prefills run eagerly.
+        self.compile = compile and self.cacheable
+        self._compiled_model = None
 
     def generate(self, prompt: list[int], max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
@@ -238,8 +246,14 @@ class Engine:
 
     def _forward(self, ids: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
         threads = 1 if self.device.type == "cpu" and ids.numel() <= ONE_THREAD_UP_TO else None
+        model = self.model
+        if self.compile and cache is not None and ids.shape[1] == 1:  # a decode step
+            if self._compiled_model is None:
+                # dynamic: the cache length grows every step; one graph serves every length
+                self._compiled_model = torch.compile(self.model, dynamic=True)
+            model = self._compiled_model
         with self.autocast(), intra_op_threads(threads):
-            logits = self.model(ids, kv_cache=cache) if cache is not None else self.model(ids)
+            logits = model(ids, kv_cache=cache) if cache is not None else model(ids)
         return logits[:, -1, :]  # (B, V): only the last position samples
 
     def _cache_dtype(self) -> torch.dtype:
