@@ -263,7 +263,7 @@ def test_usage_mistakes_are_one_line_before_anything_trains(tmp_path, capsys):
 @pytest.mark.parametrize("command, expected", [
     (["experiment"], ["list", "run", "all", "cached", "Ctrl-C", "$GLASSGPT_HOME/experiments"]),
     (["experiment", "run"], ["--steps", "--html", "--fresh", "no-causal-mask"]),
-    (["experiment", "all"], ["--html", "20 minutes"]),
+    (["experiment", "all"], ["--html", "8 minutes"]),
 ])
 def test_help_teaches_the_experiments(command, expected, capsys):
     with pytest.raises(SystemExit) as exit_info:

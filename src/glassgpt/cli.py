@@ -1304,7 +1304,7 @@ once. Ctrl-C keeps every finished run.
   glassgpt experiment list                               the experiments and their questions
   glassgpt experiment run no-causal-mask                 one experiment (about a minute on 2 cores)
   glassgpt experiment run positions --html positions.html
-  glassgpt experiment all --html experiments.html        all eleven, within 20 minutes on 2 cores
+  glassgpt experiment all --html experiments.html        all eleven, about 8 minutes on 2 quiet cores
 """
 
 
@@ -1322,7 +1322,7 @@ def _add_experiment(commands) -> None:
     one.add_argument("name", help="the experiment (see glassgpt experiment list)")
     every = _sub(sub, "all", "run every experiment, then a summary of which symptoms appeared",
                  "Run all the experiments in order (shared runs are trained once), then print which predicted\n"
-                 "symptoms appeared. About 15-20 minutes on a quiet 2-core CPU the first time; afterwards\n"
+                 "symptoms appeared. About 8 minutes on a quiet 2-core CPU the first time; afterwards\n"
                  "it only renders.\n\nexample:\n  glassgpt experiment all --html experiments.html")
     for command in (one, every):
         command.add_argument("--steps", type=_positive_int, default=None, metavar="N",

@@ -68,13 +68,15 @@ PRESETS: dict[str, Preset] = {
                   warmdown_ratio=0.3),
         # The named mixtures, with more of what a small model learns slowly: answering questions
         # about itself in words it has not seen, and copying a word into the calculator call.
-        mid=dict(mixture="mid,identity:2,spelling:2", max_steps=400, device_batch_size=8, checkpoint_every=50),
-        sft=dict(mixture="sft,identity:2,spelling:1", max_steps=150, device_batch_size=8, checkpoint_every=50),
+        mid=dict(mixture="mid,identity:2,spelling:3,arithmetic:1", max_steps=1000, device_batch_size=8,
+                 checkpoint_every=100),
+        sft=dict(mixture="sft,identity:2,spelling:2,arithmetic:0.5", max_steps=300, device_batch_size=8,
+                 checkpoint_every=50),
         base_eval={"*": 100},
         chat_eval={"arc-easy": 300, "arc-challenge": 300, "mmlu": 300, "gsm8k": 50, "humaneval": 40, "spelling": 150,
                    "arithmetic": 200, "identity": 1000},
-        estimates={"tokenizer": 10, "base": 600, "base-eval": 100, "mid": 420, "mid-eval": 120, "sft": 150,
-                   "sft-eval": 120, "report": 5},
+        estimates={"tokenizer": 10, "base": 460, "base-eval": 25, "mid": 520, "mid-eval": 120, "sft": 170,
+                   "sft-eval": 125, "report": 5},
     ),
     # nanochat's d20 speedrun on one node of 8 GPUs: FineWeb-Edu for pretraining (about 20 tokens per
     # parameter), SmolTalk in mid and SFT. Written for real; not run on this project's CPU machine.
