@@ -6,8 +6,7 @@ in this process, and generate the same number of tokens from a prompt of random 
 (temperature 0) unless told otherwise. The engines take turns, round after round, so that a
 neighbour's burst on a shared machine slows a round of each rather than all of one; the median
 round is reported. nanochat runs twice: as it ships (torch's default number of threads) and on one
-thread, the way glassgpt's Engine runs its decode steps on a CPU, so that the difference between
-the engines themselves shows apart from the thread policy.
+thread, which is faster than two on a busy machine.
 
 nanochat is not part of glassgpt and is not installed with it: fetch a checkout yourself, e.g.
 
@@ -106,7 +105,7 @@ def main() -> int:
                         help="also time glassgpt's Engine with torch.compile'd decode steps (compile time printed apart)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch's intra-op threads for everything (default: torch's own choice, as a user "
-                             "runs it; glassgpt's decode steps use one thread either way)")
+                             "runs it)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

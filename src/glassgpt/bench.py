@@ -5,7 +5,7 @@
   fresh model on random tokens; tokens/s,
   ms/step and MFU = (FLOPs per token x tokens/s) / matmul peak.
 - decode: tokens/s generating with the engine (`engine.Engine`: one prefill, then one-token
-  decode steps over the KV cache; on a CPU in fp32, each step on one thread) and without the
+  decode steps over the KV cache; on a CPU in fp32) and without the
   cache (the whole context re-run every token, the naive reference).
 """
 

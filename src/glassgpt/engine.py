@@ -8,8 +8,7 @@ forward pass over the context.
 
 Both paths run the reference model (`GPT.forward`); the speed is in how it is called. The rows'
 tokens live in one preallocated (n, sequence_len) buffer and the cache is preallocated, so a
-decode step allocates nothing that grows with the text. On a CPU a decode step of a few rows runs
-on one thread and in fp32: its operations are too small to share between cores, and bf16
+decode step allocates nothing that grows with the text. On a CPU a decode step runs in fp32: bf16
 matrix-vector products are slower there than fp32 ones (`benchmarks/decode_vs_nanochat.py`
 measures both).
 
@@ -108,8 +107,9 @@ class Engine:
         # compile=True runs the decode steps (one token per row, over the cache) through
         # torch.compile: the same model code, its small operations fused, so a step pays the Python
         # and dispatch cost of a few kernels instead of a few hundred operations. Compiling takes
-        # tens of seconds on a CPU, paid at the first decode step, so it pays only over long or
-        # many generations (`glassgpt bench --compile` shows both sides). Prefills run eagerly.
+        # ~10 s on a CPU, paid at the first decode step; on this project's 2-core CPU the compiled
+        # steps were slower (426 against 516 tok/s at depth 4), so it is off by default: a choice
+        # for GPUs and bigger models (`glassgpt bench --compile` shows both sides). Prefills run eagerly.
         self.compile = compile and self.cacheable
         self._compiled_model = None
 
@@ -263,10 +263,12 @@ class Engine:
         return probe.dtype
 
 
-# A CPU forward of this many tokens or fewer (a decode step of a few rows) runs on one thread. Its
-# matrix-vector products are too small to share: a second thread adds a wait at every operation
-# (~60 per layer) and, when other programs use the cores, waits for a core that is busy elsewhere.
-ONE_THREAD_UP_TO = 8
+# A CPU forward of this many tokens or fewer would run on one thread (0: none does; every forward
+# uses torch's threads). On a busy machine one thread decodes faster (a second one waits for a core
+# that is busy elsewhere); on a quiet 2-core machine two threads do: depth 4, vocab 4,096, batch 1,
+# 660 tok/s against 516 on one thread (benchmarks/decode_vs_nanochat.py, load average 0.9).
+# Users run on quiet machines, so the default follows them.
+ONE_THREAD_UP_TO = 0
 
 
 @contextlib.contextmanager
