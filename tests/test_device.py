@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import platform
+
 import pytest
 import torch
 
@@ -78,3 +81,26 @@ def test_bf16_flags_are_read_from_cpuinfo(tmp_path):
     assert device.cpu_has_native_bf16(str(tmp_path / "missing")) is None
     (tmp_path / "empty").write_text("")
     assert device.cpu_has_native_bf16(str(tmp_path / "empty")) is None
+
+
+@pytest.mark.skipif(platform.system() != "Linux", reason="glibc's allocator, read through /proc")
+def test_freed_memory_stays_in_the_tuned_heap_until_it_is_released():
+    """tune_allocator keeps freed blocks in the heap (fast steps); release_free_memory hands them
+    back, so a speedrun stage does not start from the previous stage's high-water mark."""
+    import numpy as np
+
+    from glassgpt.allocator import release_free_memory, tune_allocator
+
+    def rss_mb() -> float:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    tune_allocator()
+    release_free_memory()
+    before = rss_mb()
+    block = np.ones(96 * 2**20 // 8)  # 96 MB, touched: from the heap, not mmap, once tuned
+    del block
+    kept = rss_mb()
+    assert kept > before + 64, "the tuned heap should keep the freed block"
+    assert release_free_memory()
+    assert rss_mb() < kept - 64

@@ -199,3 +199,30 @@ def test_a_stop_text_ends_the_row_and_is_not_shown(tokenizer_512):
 def test_no_new_tokens_asked_means_no_events():
     engine = Engine(tiny_model())
     assert list(engine.stream([1, 2, 3], 2, max_new_tokens=0)) == []
+
+
+def test_the_engine_samples_from_the_logits_of_a_full_forward(monkeypatch):
+    """The prefill/decode split over the KV cache is a speed
+    trick only: at every step, including after the window slid, the logits the engine samples
+    from are those of the reference model run on the whole context (fp32, 1e-5)."""
+    import glassgpt.engine as engine_module
+
+    model = tiny_model(tiny_config(sequence_len=16)).eval()
+    seen = []
+    real_sample_next = engine_module.sample_next
+
+    def recording_sample_next(logits, *args, **kwargs):
+        seen.append(logits.clone())
+        return real_sample_next(logits, *args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "sample_next", recording_sample_next)
+    prompt = [5, 6, 7, 8, 9]
+    tokens = list(Engine(model).generate(prompt, 30, temperature=0.9, seed=4))
+    assert len(seen) == 30
+    context = list(prompt)
+    for step, (logits, token) in enumerate(zip(seen, tokens)):
+        full = model(torch.tensor([context]))[:, -1]  # (1, V): the whole context, no cache
+        assert torch.allclose(logits, full, atol=1e-5), f"step {step}"
+        context.append(token)
+        if len(context) > 16:  # the engine keeps the most recent half of a full window
+            context = context[-8:]

@@ -4,8 +4,9 @@
 - train: `train_step` (forward, backward, clipping, optimiser step, as training runs it) of a
   fresh model on random tokens; tokens/s,
   ms/step and MFU = (FLOPs per token x tokens/s) / matmul peak.
-- decode: tokens/s generating with the KV cache (one token per forward) and without it (the
-  whole context re-run every token).
+- decode: tokens/s generating with the engine (`engine.Engine`: one prefill, then one-token
+  decode steps over the KV cache; on a CPU in fp32) and without the
+  cache (the whole context re-run every token, the naive reference).
 """
 
 from __future__ import annotations
@@ -84,7 +85,13 @@ def run(args) -> int:
             rate = bench_decode(config, device, args.decode_tokens, use_cache)
             results["decode"]["kv_cache" if use_cache else "no_cache"] = rate
             out.print(f"decode {'with' if use_cache else 'without'} KV cache: [bold]{rate:,.0f}[/] tok/s "
-                      f"({args.decode_tokens} tokens, batch 1, fp32)")
+                      f"({args.decode_tokens} new tokens after 16, batch 1, fp32)")
+        if args.compile:
+            rate, compile_seconds = bench_decode_compiled(config, device, args.decode_tokens)
+            results["decode"]["kv_cache_compiled"] = rate
+            results["decode"]["compile_seconds"] = compile_seconds
+            out.print(f"decode with KV cache, compiled decode step: [bold]{rate:,.0f}[/] tok/s "
+                      f"(after {compile_seconds:.1f} s of compiling, not counted)")
     if args.json_out:
         atomic.write_text(args.json_out, json.dumps(results, indent=2))
     return 0
@@ -117,14 +124,28 @@ def bench_train(config: GPTConfig, device, dtype: str, batch_size: int, seq_len:
 
 
 def bench_decode(config: GPTConfig, device, tokens: int, use_cache: bool, prompt_len: int = 16) -> float:
+    """tokens/s of one generation, after a warm-up."""
+    return _timed_decode(config, device, tokens, use_cache, prompt_len, compiled=False)[0]
+
+
+def bench_decode_compiled(config: GPTConfig, device, tokens: int, prompt_len: int = 16) -> tuple[float, float]:
+    """tokens/s of one generation whose decode steps run torch.compile'd (`Engine(compile=True)`),
+    and the seconds the compilation took (the warm-up; not counted in the rate)."""
+    return _timed_decode(config, device, tokens, True, prompt_len, compiled=True)
+
+
+def _timed_decode(config: GPTConfig, device, tokens: int, use_cache: bool, prompt_len: int,
+                  compiled: bool) -> tuple[float, float]:
     torch.manual_seed(0)
     model = GPT.build(config, device)
-    engine = Engine(model)
+    engine = Engine(model, compile=compiled)
     prompt = torch.randint(0, config.vocab_size, (prompt_len,)).tolist()
-    for _ in engine.generate(prompt, 8, temperature=0, use_cache=use_cache):  # warm up
+    started = time.perf_counter()
+    for _ in engine.generate(prompt, 8, temperature=0, use_cache=use_cache):  # warm up (and compile)
         pass
     synchronize(device)
+    warm_up = time.perf_counter() - started
     started = time.perf_counter()
     count = sum(1 for _ in engine.generate(prompt, tokens, temperature=0, use_cache=use_cache))
     synchronize(device)
-    return count / (time.perf_counter() - started)
+    return count / (time.perf_counter() - started), warm_up

@@ -976,7 +976,7 @@ def _add_bench(commands) -> None:
     parser.add_argument("--seq-len", type=_positive_int, default=512, metavar="N", help="tokens per sequence (default 512)")
     parser.add_argument("--batch-size", type=_positive_int, default=8, metavar="N", help="sequences per step (default 8)")
     parser.add_argument("--steps", type=_positive_int, default=10, metavar="N", help="timed training steps (default 10)")
-    parser.add_argument("--decode-tokens", type=_positive_int, default=200, metavar="N", help="tokens to decode (default 200)")
+    parser.add_argument("--decode-tokens", type=_positive_int, default=256, metavar="N", help="tokens to decode (default 256)")
     parser.add_argument("--dtype", default="auto",
                         help="comma list of fp32, bf16; auto (default) = fp32, and bf16 too where "
                              "`glassgpt train --dtype auto` would use it on this machine")

@@ -2,8 +2,15 @@
 
 Without a cache, producing token n re-runs the model over all n previous tokens; with one, each
 step runs the model on the newest token of every row and reads the keys/values of the others
-from the cache. `use_cache=False` keeps the naive path as a reference and for benchmarks; a test
-checks both give the same tokens.
+from the cache. `use_cache=False` keeps the naive path as a reference and for benchmarks; tests
+check that both give the same tokens, and that every step samples from the logits of a full
+forward pass over the context.
+
+Both paths run the reference model (`GPT.forward`); the speed is in how it is called. The rows'
+tokens live in one preallocated (n, sequence_len) buffer and the cache is preallocated, so a
+decode step allocates nothing that grows with the text. On a CPU a decode step runs in fp32: bf16
+matrix-vector products are slower there than fp32 ones (`benchmarks/decode_vs_nanochat.py`
+measures both).
 
 `Engine.stream` generates N replies to one prompt at once: the prompt is prefilled once and its
 cache copied into every row; then each row has its own state:
@@ -87,11 +94,24 @@ class Engine:
 
     `tokenizer` is needed for tools and stop texts (to read what a row wrote)."""
 
-    def __init__(self, model: GPT, autocast=contextlib.nullcontext, tokenizer: Tokenizer | None = None):
-        self.model, self.autocast, self.tokenizer = model, autocast, tokenizer
+    def __init__(self, model: GPT, autocast=contextlib.nullcontext, tokenizer: Tokenizer | None = None,
+                 compile: bool = False):
+        self.model, self.tokenizer = model, tokenizer
         self.device = next(model.parameters()).device
+        # On a CPU, generation runs in fp32 whatever the training format: its steps are
+        # matrix-vector products, which bf16 makes slower there, not faster (2x, measured with
+        # benchmarks/decode_vs_nanochat.py --dtype bf16). On a GPU, bf16 autocast pays.
+        self.autocast = contextlib.nullcontext if self.device.type == "cpu" else autocast
         # A learner's GPT may have no KV cache: then every token re-runs the context.
         self.cacheable = "kv_cache" in inspect.signature(model.forward).parameters
+        # compile=True runs the decode steps (one token per row, over the cache) through
+        # torch.compile: the same model code, its small operations fused, so a step pays the Python
+        # and dispatch cost of a few kernels instead of a few hundred operations. Compiling takes
+        # ~10 s on a CPU, paid at the first decode step; on this project's 2-core CPU the compiled
+        # steps were slower (426 against 516 tok/s at depth 4), so it is off by default: a choice
+        # for GPUs and bigger models (`glassgpt bench --compile` shows both sides). Prefills run eagerly.
+        self.compile = compile and self.cacheable
+        self._compiled_model = None
 
     def generate(self, prompt: list[int], max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
@@ -120,25 +140,33 @@ class Engine:
         tools = tools and self.tokenizer is not None and None not in tool_ids
         specials = set(special.values())
         rows = [_Row(TextStream(self.tokenizer)) if self.tokenizer else _Row(None) for _ in range(n)]
-        context = torch.tensor([list(prompt)[-config.sequence_len:]], dtype=torch.long, device=self.device)
+        prompt = list(prompt)[-config.sequence_len:]
+        # Every row's context lives in one preallocated buffer: a step writes a column, nothing grows.
+        tokens = torch.empty(n, config.sequence_len, dtype=torch.long, device=self.device)  # (n, S)
+        tokens[:, :len(prompt)] = torch.tensor(prompt, dtype=torch.long, device=self.device)
+        length = len(prompt)
         cache = None
         if use_cache and self.cacheable:
             cache = KVCache(config, 1, config.sequence_len, self.device, self._cache_dtype())
         try:
-            logits = self._forward(context, cache)  # (1, V): one prefill for every row
+            logits = self._forward(tokens[:1, :length], cache)  # (1, V): one prefill for every row
             if n > 1:
                 cache = cache.repeat(n) if cache is not None else None
-                logits, context = logits.expand(n, -1), context.expand(n, -1)
-            while not all(row.finished for row in rows):
-                sampled = sample_next(logits, temperature, top_k, top_p, generator).tolist()  # (n,)
-                chosen = []
+                logits = logits.expand(n, -1)
+            while True:
+                sampled = sample_next(logits, temperature, top_k, top_p, generator)  # (n,)
+                sampled_ids = sampled.tolist()
+                chosen = None  # None while every row takes its sampled token (the usual step)
                 for index, row in enumerate(rows):
                     if row.finished:
-                        chosen.append(int(context[index, -1]))  # keeps the batch rectangular; ignored
+                        chosen = chosen or list(sampled_ids)
+                        chosen[index] = int(tokens[index, length - 1])  # keeps the batch rectangular; ignored
                         continue
                     forced = bool(row.forced)
-                    token = row.forced.popleft() if forced else sampled[index]
-                    chosen.append(token)
+                    token = row.forced.popleft() if forced else sampled_ids[index]
+                    if forced:
+                        chosen = chosen or list(sampled_ids)
+                        chosen[index] = token
                     row.generated += 1
                     event = self._advance(row, index, token, forced, stop_ids, stop_texts, specials, tool_ids if tools else None)
                     if not row.finished and row.generated >= max_new_tokens and not row.forced:
@@ -146,9 +174,8 @@ class Engine:
                     yield event
                 if all(row.finished for row in rows):
                     return
-                step = torch.tensor(chosen, dtype=torch.long, device=self.device)[:, None]  # (n, 1)
-                context = torch.cat([context, step], dim=1)
-                if context.shape[1] > config.sequence_len:
+                slid = length == config.sequence_len
+                if slid:
                     if not slide:
                         for index, row in enumerate(rows):
                             if not row.finished:  # an event with no new token: the row's text, flushed
@@ -156,16 +183,20 @@ class Engine:
                                 _finish(row, event, "length")
                                 yield event
                         return
-                    # The window is full: keep the most recent half and read it again. Both paths
-                    # cut alike, so the naive one stays a true reference for the cached one.
-                    context = context[:, -(config.sequence_len // 2):]
-                    if cache is not None:
-                        cache.reset()
-                    logits = self._forward(context, cache)
-                elif cache is None:
-                    logits = self._forward(context, None)
+                    # The window is full: keep the most recent half (with the new token) and read
+                    # it again. Both paths cut alike, so the naive one stays a true reference.
+                    keep = config.sequence_len // 2
+                    tokens[:, :keep - 1] = tokens[:, length - keep + 1:length].clone()
+                    length = keep - 1
+                tokens[:, length] = sampled if chosen is None else torch.tensor(chosen, device=self.device)
+                length += 1
+                if cache is None:
+                    logits = self._forward(tokens[:, :length], None)
+                elif slid:  # the cache starts again from the kept half
+                    cache.reset()
+                    logits = self._forward(tokens[:, :length], cache)
                 else:
-                    logits = self._forward(step, cache)
+                    logits = self._forward(tokens[:, length - 1:length], cache)  # the decode step
         finally:
             model.train(was_training)
 
@@ -214,8 +245,15 @@ class Engine:
         return [special["<|tool_result_start|>"], *self.tokenizer.encode(result.text), special["<|tool_result_end|>"]]
 
     def _forward(self, ids: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
-        with self.autocast():
-            logits = self.model(ids, kv_cache=cache) if cache is not None else self.model(ids)
+        threads = 1 if self.device.type == "cpu" and ids.numel() <= ONE_THREAD_UP_TO else None
+        model = self.model
+        if self.compile and cache is not None and ids.shape[1] == 1:  # a decode step
+            if self._compiled_model is None:
+                # dynamic: the cache length grows every step; one graph serves every length
+                self._compiled_model = torch.compile(self.model, dynamic=True)
+            model = self._compiled_model
+        with self.autocast(), intra_op_threads(threads):
+            logits = model(ids, kv_cache=cache) if cache is not None else model(ids)
         return logits[:, -1, :]  # (B, V): only the last position samples
 
     def _cache_dtype(self) -> torch.dtype:
@@ -223,6 +261,29 @@ class Engine:
             probe = torch.nn.functional.linear(torch.zeros(1, 1, device=self.device),
                                                torch.zeros(1, 1, device=self.device))
         return probe.dtype
+
+
+# A CPU forward of this many tokens or fewer would run on one thread (0: none does; every forward
+# uses torch's threads). On a busy machine one thread decodes faster (a second one waits for a core
+# that is busy elsewhere); on a quiet 2-core machine two threads do: depth 4, vocab 4,096, batch 1,
+# 660 tok/s against 516 on one thread (benchmarks/decode_vs_nanochat.py, load average 0.9).
+# Users run on quiet machines, so the default follows them.
+ONE_THREAD_UP_TO = 0
+
+
+@contextlib.contextmanager
+def intra_op_threads(threads: int | None):
+    """Run the block with `threads` intra-op threads (None: leave them as they are). The setting is
+    the calling thread's own, and restored after, so it never leaks into the caller's next step."""
+    previous = torch.get_num_threads()
+    if threads is None or threads == previous:
+        yield
+        return
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _finish(row: _Row, event: Event, reason: str) -> None:

@@ -192,16 +192,14 @@ class RunFolder:
 
     def plot(self) -> None:
         """plots/loss.png: training loss per step, and the validation loss and bits per byte."""
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        from matplotlib.figure import Figure  # not pyplot: no GUI backend, no global figure state
 
         records = self.metrics()
         train = [(r["step"], r["loss"]) for r in records if "loss" in r]
         val = [(r["step"], r["val_bpb"]) for r in records if r.get("val_bpb") is not None]
         val_loss = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
-        figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+        figure = Figure(figsize=(11, 4))
+        left, right = figure.subplots(1, 2)
         if train:
             steps, losses = zip(*train)
             left.plot(steps, losses, lw=0.8, color="tab:blue", label="train")
@@ -220,7 +218,6 @@ class RunFolder:
         figure.tight_layout()
         with atomic.atomic_path(self.plot_path) as tmp:
             figure.savefig(tmp, format="png", dpi=110)
-        plt.close(figure)
 
 
 def read_metrics(text: str) -> list[dict]:

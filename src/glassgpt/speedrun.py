@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from glassgpt import atomic, paths, ui
+from glassgpt.allocator import release_free_memory
 from glassgpt.errors import UsageError
 
 STAGES = ("tokenizer", "base", "base-eval", "mid", "mid-eval", "sft", "sft-eval", "report")
@@ -232,6 +233,7 @@ def run(options: Options) -> int:
             out.print(f"[bold cyan]── {number}/{len(STAGES)} {stage}[/]: {_what(options, stage)}   "
                       f"[dim]elapsed {ui.format_duration(time.perf_counter() - started)}, {pipeline.summary()}[/]")
             stage_started = time.perf_counter()
+            release_free_memory()  # what the stage before kept in the heap (allocator.py)
             _reset_peak_rss()
             try:
                 interrupted = _run_stage(options, stage, out)

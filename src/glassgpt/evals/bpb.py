@@ -21,7 +21,19 @@ import torch.nn.functional as F
 from glassgpt.data.loader import sequential_windows
 
 
-EVAL_TOKENS_PER_PASS = 8192  # rows x T per forward pass of an evaluation: bounds its memory
+# One forward pass of an evaluation holds its activations and, largest of all, its logits
+# (rows, T, V) in fp32 with the copies the loss makes of them. Passes are cut to at most this many
+# tokens and bytes of logits (at least one row), about what a quickstart training micro-batch holds,
+# so that an evaluation never raises the process's peak memory above what training needs: glibc
+# keeps freed memory in the process (allocator.py), so a peak once reached is never given back.
+EVAL_TOKENS_PER_PASS = 2048
+EVAL_LOGITS_BYTES = 16 * 2**20
+
+
+def eval_rows_per_pass(seq_len: int, vocab_size: int) -> int:
+    """Rows of `seq_len` tokens per evaluation pass within both bounds above."""
+    tokens = min(EVAL_TOKENS_PER_PASS, EVAL_LOGITS_BYTES // (4 * vocab_size))
+    return max(1, tokens // seq_len)
 
 
 def bits_per_byte(total_nats: float, total_bytes: int) -> float:
@@ -41,7 +53,7 @@ class Evaluation:
         return {"val_loss": round(self.loss, 6), "val_bpb": round(self.bpb, 6)}
 
 
-@torch.no_grad()
+@torch.no_grad()  # not inference_mode: a learner's model may cache tensors it later trains with
 def evaluate(model, batches: Iterable[tuple[np.ndarray, np.ndarray]], token_bytes: np.ndarray, device,
              autocast=contextlib.nullcontext, world_size: int = 1) -> Evaluation:
     """Loss and bits per byte of `model` over every counted target (y != -1) of `batches`.
@@ -54,10 +66,9 @@ def evaluate(model, batches: Iterable[tuple[np.ndarray, np.ndarray]], token_byte
     model.eval()
     byte_table = torch.as_tensor(token_bytes, device=device)
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # nats, nats of text, bytes, targets
+    vocab_size = getattr(getattr(model, "config", None), "vocab_size", len(token_bytes))
     for x_all, y_all in batches:
-        # A few rows per forward: the logits (rows, T, V) and their float copies are the largest
-        # tensors of an evaluation, and a long context times a big eval batch would hold gigabytes.
-        rows = max(1, EVAL_TOKENS_PER_PASS // x_all.shape[1])
+        rows = eval_rows_per_pass(x_all.shape[1], vocab_size)
         for first in range(0, x_all.shape[0], rows):
             x = torch.from_numpy(x_all[first:first + rows]).to(device)
             y = torch.from_numpy(y_all[first:first + rows]).to(device)

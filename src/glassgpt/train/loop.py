@@ -35,6 +35,7 @@ import torch
 from rich.markup import escape
 
 from glassgpt import __version__, device as devices, paths, ui
+from glassgpt.allocator import release_free_memory
 from glassgpt.config import TrainConfig
 from glassgpt.data.prepare import barrier
 from glassgpt.errors import GlassError, UsageError
@@ -174,6 +175,9 @@ def train(config: TrainConfig, resume: bool = False) -> TrainResult:
             return _train_locked(config, resume, runtime, run_dir, say)
     finally:
         devices.teardown(runtime)
+        # The heap kept the run's high-water mark (allocator.py); whatever this process does next
+        # (a speedrun's evaluation, the next stage) starts from its own memory instead.
+        release_free_memory()
 
 
 def _train_locked(config: TrainConfig, resume: bool, runtime: devices.Runtime, run_dir: Path, say) -> TrainResult:
