@@ -116,7 +116,7 @@ def submit(env: dict, script: str, run: str, home: Path) -> str:
 
 
 def wait_for(env: dict, job: str, home: Path, done, timeout: float = 300) -> None:
-    deadline, failed_since = time.monotonic() + timeout, None
+    deadline, failed_since, pending_since = time.monotonic() + timeout, None, None
     while not done():
         state, restarts = job_state(env, job)
         # A requeue shows CANCELLED or FAILED for a while before PENDING (over 10 s on a loaded
@@ -124,11 +124,15 @@ def wait_for(env: dict, job: str, home: Path, done, timeout: float = 300) -> Non
         if state in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
             failed_since = failed_since or time.monotonic()
             if time.monotonic() - failed_since > 45:
-                raise AssertionError(f"job {job} {state}:\n{log_of(home, job)[-3000:]}")
+                shown = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True).stdout
+                raise AssertionError(f"job {job} {state}:\n{shown}\n{log_of(home, job)[-3000:]}")
         else:
             failed_since = None
-        if state == "PENDING" and restarts:
-            # Slurm holds a requeued job back for a while (Reason=BeginTime); let it start now.
+        pending_since = (pending_since or time.monotonic()) if state == "PENDING" and restarts else None
+        if pending_since and time.monotonic() - pending_since > 5:
+            # Slurm holds a requeued job back for a while (Reason=BeginTime) so that the node can
+            # finish cleaning up its last run: started at once, slurmd refuses it ("Job credential
+            # revoked") and the job fails. After a few seconds it is safe to start it now.
             subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], env=env, capture_output=True)
         assert time.monotonic() < deadline, f"job {job} still {state} after {timeout}s:\n{log_of(home, job)[-3000:]}"
         time.sleep(0.5)
