@@ -119,8 +119,7 @@ def wait_for(env: dict, job: str, home: Path, done, timeout: float = 300) -> Non
     deadline, failed_since, pending_since = time.monotonic() + timeout, None, None
     while not done():
         state, restarts = job_state(env, job)
-        # A requeue shows CANCELLED or FAILED for a while before PENDING (over 10 s on a loaded
-        # 2-core machine): only a lasting failure counts.
+        # A requeue shows CANCELLED for a moment before PENDING: only a lasting failure counts.
         if state in ("FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY"):
             failed_since = failed_since or time.monotonic()
             if time.monotonic() - failed_since > 45:
