@@ -50,6 +50,22 @@ def format_duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m"
 
 
+class LiveProgress:
+    """A context manager around `self._progress`: a Rich Progress, or None when nothing is shown
+    (not a terminal, or not rank 0)."""
+
+    _progress: Progress | None
+
+    def __enter__(self):
+        if self._progress:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._progress:
+            self._progress.stop()
+
+
 class Pipeline:
     """Progress and ETA of a sequence of stages, each with an estimated duration in seconds.
 
@@ -128,7 +144,7 @@ def set_pipeline(new: Pipeline | None) -> None:
     _pipeline = new
 
 
-class TrainingProgress:
+class TrainingProgress(LiveProgress):
     """A progress bar showing step, loss, tokens/s and ETA on a terminal; elsewhere (logs, CI,
     pipes) a line every `log_every` steps. `print` writes above the bar."""
 
@@ -147,15 +163,6 @@ class TrainingProgress:
             self._task = self._progress.add_task("train", total=total_steps, completed=start_step, loss="—", speed="—",
                                                  pipeline=_pipeline_text())
         self._start_step, self._started = start_step, time.perf_counter()
-
-    def __enter__(self) -> "TrainingProgress":
-        if self._progress:
-            self._progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._progress:
-            self._progress.stop()
 
     def update(self, step: int, loss: float, tokens_per_sec: float, extra: str = "") -> None:
         if _pipeline is not None:
@@ -183,7 +190,7 @@ def _pipeline_text() -> str:
     return _pipeline.summary() if _pipeline is not None else ""
 
 
-class TaskProgress:
+class TaskProgress(LiveProgress):
     """A bar per evaluation task (items done, ETA) on stderr, so that `--json` output on stdout
     stays clean; without a terminal, one line when each task ends."""
 
@@ -196,15 +203,6 @@ class TaskProgress:
                 TextColumn("eta"), TimeRemainingColumn(), TextColumn("[dim]{task.fields[pipeline]}"),
                 console=self.out, transient=True)
         self._task = None
-
-    def __enter__(self) -> "TaskProgress":
-        if self._progress:
-            self._progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._progress:
-            self._progress.stop()
 
     def begin(self, name: str, total: int) -> None:
         if self._progress:

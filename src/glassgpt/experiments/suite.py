@@ -68,7 +68,7 @@ def experiment_steps(steps: int | None) -> int:
 # -- progress across experiments --------------------------------------------------------------------------
 
 
-class SuiteProgress:
+class SuiteProgress(ui.LiveProgress):
     """One bar for all the training a command will do (in steps, measuring included), with an ETA, and
     a line for the run in progress; on a terminal. Elsewhere (logs, CI) a line per run."""
 
@@ -85,15 +85,6 @@ class SuiteProgress:
                 console=out, transient=True)
             self._all = self._progress.add_task("all runs (steps)", total=self.total, info="")
             self._run = self._progress.add_task("run", total=1, info="", visible=False)
-
-    def __enter__(self) -> "SuiteProgress":
-        if self._progress:
-            self._progress.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._progress:
-            self._progress.stop()
 
     def start_run(self, experiment: str, label: str, steps: int) -> None:
         self._run_done = 0
