@@ -36,10 +36,10 @@ def test_asking_for_a_missing_gpu_is_a_clear_error(monkeypatch):
 def test_cpu_dtype_auto_picks_bf16_only_when_measured_faster(monkeypatch):
     cpu = torch.device("cpu")
     monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: True)
-    monkeypatch.setattr(device, "cpu_matmul_speeds", lambda: (120.0, 1.2))  # emulated bf16 (e.g. AMD Zen 3)
+    monkeypatch.setattr(device, "remembered_cpu_matmul_speeds", lambda: (120.0, 1.2))  # emulated bf16 (AMD Zen 3)
     dtype, reason = device.resolve_dtype("auto", cpu)
     assert dtype == "fp32" and "1.2" in reason and "120" in reason
-    monkeypatch.setattr(device, "cpu_matmul_speeds", lambda: (180.0, 390.0))  # AMX / AVX512-BF16
+    monkeypatch.setattr(device, "remembered_cpu_matmul_speeds", lambda: (180.0, 390.0))  # AMX / AVX512-BF16
     assert device.resolve_dtype("auto", cpu)[0] == "bf16"
     assert device.resolve_dtype("fp32", cpu) == ("fp32", "asked for fp32")
     assert device.resolve_dtype("bf16", cpu)[0] == "bf16"
@@ -104,3 +104,18 @@ def test_freed_memory_stays_in_the_tuned_heap_until_it_is_released():
     assert kept > before + 64, "the tuned heap should keep the freed block"
     assert release_free_memory()
     assert rss_mb() < kept - 64
+
+
+def test_cpu_matmul_speeds_are_measured_once_per_machine_and_again_when_it_changes(glass_home, tmp_path, monkeypatch):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("model name\t: Some CPU\nflags\t\t: avx512f avx512_bf16\n")
+    measured = []
+    monkeypatch.setattr(device, "cpu_matmul_speeds", lambda: measured.append(1) or (100.0, 250.0))
+    assert device.remembered_cpu_matmul_speeds(str(cpuinfo)) == (100.0, 250.0)
+    assert device.remembered_cpu_matmul_speeds(str(cpuinfo)) == (100.0, 250.0)
+    assert len(measured) == 1 and (glass_home / "cpu-matmul.json").exists()
+    cpuinfo.write_text("model name\t: Another CPU\nflags\t\t: avx512f avx512_bf16\n")  # a new machine
+    device.remembered_cpu_matmul_speeds(str(cpuinfo))
+    (glass_home / "cpu-matmul.json").write_text("{not json")  # a damaged file is measured again, not an error
+    device.remembered_cpu_matmul_speeds(str(cpuinfo))
+    assert len(measured) == 3

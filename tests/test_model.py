@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from conftest import tiny_config, tiny_model
 from glassgpt.errors import UsageError
+from glassgpt.model import gpt as gpt_module
 from glassgpt.model import taps
 from glassgpt.model.config import GPTConfig
 from glassgpt.model.gpt import GPT, KVCache, apply_rotary, rotary_tables
@@ -103,6 +107,71 @@ def test_ignored_targets_do_not_count_and_all_ignored_is_zero_not_nan():
     all_masked.backward()
     assert all_masked.item() == 0.0 and not torch.isnan(all_masked)
 
+
+
+@pytest.fixture
+def small_head_blocks(monkeypatch) -> list[int]:
+    """Head blocks of 7 rows (so 48 rows make 7 blocks, the last one short); returns a list that
+    counts the blockwise path's calls, so a test knows which path it ran."""
+    monkeypatch.setattr(gpt_module, "HEAD_BLOCK_BYTES", 7 * 4 * 97)
+    calls, apply = [], gpt_module.BlockwiseHeadLoss.apply
+    monkeypatch.setattr(gpt_module.BlockwiseHeadLoss, "apply", lambda *args: calls.append(1) or apply(*args))
+    return calls
+
+
+def _loss_and_grads(model, idx, targets, plain: bool, calls: list[int]):
+    """The loss and every parameter's gradient; plain=True makes the model take its plain head path
+    (a tracer that wants the per-token losses), plain=False the blockwise one."""
+    model.zero_grad()
+    before = len(calls)
+    with taps.Tracer("loss.per_token") if plain else contextlib.nullcontext():
+        loss = model(idx, targets)
+    loss.backward()
+    assert len(calls) == before + (0 if plain else 1)
+    return loss.detach(), {name: p.grad.clone() for name, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("fields", [dict(), dict(softcap=None), dict(tie_embeddings=True), dict(family="gpt2")])
+def test_blockwise_head_loss_equals_the_plain_path_in_loss_and_gradients(fields, small_head_blocks):
+    model = tiny_model(tiny_config(**fields))
+    idx, targets = torch.randint(0, 97, (3, 16)), torch.randint(0, 97, (3, 16))
+    targets[0, :5] = -1  # ignored targets span a block boundary
+    blockwise, blockwise_grads = _loss_and_grads(model, idx, targets, plain=False, calls=small_head_blocks)
+    plain, plain_grads = _loss_and_grads(model, idx, targets, plain=True, calls=small_head_blocks)
+    assert torch.allclose(blockwise, plain, rtol=1e-6, atol=0)
+    largest = max(grad.abs().max() for grad in plain_grads.values())  # some true gradients are 0 (c_k's bias)
+    for name, grad in plain_grads.items():
+        assert (blockwise_grads[name] - grad).abs().max() <= 1e-5 * max(grad.abs().max(), 1e-3 * largest), name
+    with torch.no_grad():  # evaluation with targets: the blockwise path without gradients
+        assert torch.allclose(model(idx, targets), plain, rtol=1e-6, atol=0)
+    assert len(small_head_blocks) == 2
+    small = torch.randint(0, 97, (1, 7))  # one block's worth of rows: the plain path, bit for bit as traced
+    model(small, small)
+    assert len(small_head_blocks) == 2
+
+
+def test_blockwise_head_loss_under_bf16_autocast_stays_close_to_the_plain_path(small_head_blocks):
+    model = tiny_model()
+    idx, targets = torch.randint(0, 97, (2, 16)), torch.randint(0, 97, (2, 16))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        blockwise, blockwise_grads = _loss_and_grads(model, idx, targets, plain=False, calls=small_head_blocks)
+        plain, plain_grads = _loss_and_grads(model, idx, targets, plain=True, calls=small_head_blocks)
+    assert abs(blockwise.item() - plain.item()) < 1e-2 * plain.item()
+    head = plain_grads["lm_head.weight"]
+    assert (blockwise_grads["lm_head.weight"] - head).abs().max() < 0.05 * head.abs().max()
+    assert blockwise_grads["lm_head.weight"].dtype == torch.float32
+
+
+def test_a_built_model_does_not_import_the_compiler_stack():
+    """Building on a real device allocates directly (materialising meta tensors imports sympy:
+    0.3 s and 46 MB of a quickstart); building on meta still works and holds no memory."""
+    code = ("import sys\nfrom glassgpt.model.gpt import GPT\nfrom glassgpt.model.config import GPTConfig\n"
+            "GPT.build(GPTConfig.from_depth(2, 97, 'nanochat'))\n"
+            "assert GPT.build(GPTConfig.from_depth(2, 97, 'nanochat'), 'meta').wte.weight.is_meta\n"
+            "print('sympy' in sys.modules, 'torch._dynamo' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False"]
 
 SWITCHES = [
     dict(position="learned"), dict(position="none"), dict(norm="layer"), dict(norm="none"),

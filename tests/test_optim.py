@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from conftest import tiny_config, tiny_model
+from conftest import REPO, tiny_config, tiny_model
 from glassgpt.evals.bpb import bits_per_byte
 from glassgpt.train.loop import grad_accumulation_steps
 from glassgpt.errors import UsageError
-from glassgpt.train.optim import Muon, OptimizerSettings, build_optimizers, lr_multiplier, muon_momentum, orthogonalize
+from glassgpt.train.optim import AdamW, Muon, OptimizerSettings, build_optimizers, lr_multiplier, muon_momentum, orthogonalize
 
 SETTINGS = OptimizerSettings("muon", 0.02, 0.2, 0.004, 0.004, 1e-3, 0.1, 0.8, 0.95)
 
@@ -111,3 +113,61 @@ def test_bits_per_byte_arithmetic():
     assert bits_per_byte(math.log(256) * 10, 10) == pytest.approx(8.0)
     with pytest.raises(ValueError):
         bits_per_byte(1.0, 0)
+
+
+def _groups(params):
+    return [dict(params=[params[0]], lr=0.01, weight_decay=0.1), dict(params=[params[1]], lr=0.02, weight_decay=0.0)]
+
+
+def test_adamw_takes_the_same_steps_as_torchs_and_their_states_load_into_each_other():
+    torch.manual_seed(0)
+    ours = [torch.nn.Parameter(torch.randn(5, 3)), torch.nn.Parameter(torch.randn(7))]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    adamw = AdamW(_groups(ours), betas=(0.8, 0.95), eps=1e-10)
+    reference = torch.optim.AdamW(_groups(theirs), betas=(0.8, 0.95), eps=1e-10, foreach=True)
+    for _ in range(4):
+        for p, q in zip(ours, theirs):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        adamw.step()
+        reference.step()
+    for p, q in zip(ours, theirs):
+        assert torch.allclose(p, q, rtol=0, atol=1e-7)
+    # a checkpoint written by either optimiser resumes in the other, to the same next step
+    restored = AdamW(_groups([torch.nn.Parameter(q.detach().clone()) for q in theirs]), betas=(0.8, 0.95), eps=1e-10)
+    restored.load_state_dict(reference.state_dict())
+    back = torch.optim.AdamW(_groups([torch.nn.Parameter(p.detach().clone()) for p in ours]), betas=(0.1, 0.1))
+    back.load_state_dict(adamw.state_dict())
+    assert back.param_groups[0]["betas"] == (0.8, 0.95)
+    assert restored.state_dict()["state"][0]["step"].item() == 4
+    for optimizer in (restored, back):
+        for p in optimizer.param_groups[0]["params"] + optimizer.param_groups[1]["params"]:
+            p.grad = torch.ones_like(p)
+        optimizer.step()
+    for p, q in zip(restored.param_groups, back.param_groups):
+        assert torch.allclose(p["params"][0], q["params"][0], rtol=0, atol=1e-7)
+
+
+def test_optimiser_state_of_other_groups_is_refused():
+    adamw = AdamW(_groups([torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))]))
+    other = AdamW([torch.nn.Parameter(torch.zeros(2))])
+    with pytest.raises(ValueError, match="different parameter groups"):
+        adamw.load_state_dict(other.state_dict())
+
+
+def test_training_on_the_cpu_never_imports_torch_dynamo():
+    """torch.optim's base class and AdamW import torch._dynamo (and sympy) on first use: a second
+    and 70 MB of every run. glassgpt's optimisers and model build do not."""
+    code = ("import sys, torch\nsys.path.insert(0, 'tests')\nfrom conftest import tiny_model\n"
+            "from glassgpt.train.optim import OptimizerSettings, build_optimizers\n"
+            "from glassgpt.train.step import train_step\n"
+            "for kind in ('muon', 'adamw'):\n"
+            "    model = tiny_model()\n"
+            "    optimizers = build_optimizers(model, OptimizerSettings(kind, 0.02, 0.2, 0.004, 0.5, 1e-3, 0.1, 0.8, 0.95))\n"
+            "    batch = torch.randint(0, 97, (2, 8))\n"
+            "    train_step(model, optimizers, [(batch, batch)], grad_clip=1.0)\n"
+            "    [o.state_dict() for o in optimizers]\n"
+            "print('torch._dynamo' in sys.modules, 'sympy' in sys.modules)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False"]

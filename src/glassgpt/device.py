@@ -6,9 +6,9 @@ Device `auto` picks cuda > mps > cpu. Dtype `auto` is a measured policy, not a g
 - MPS: fp32. `--dtype bf16` autocasts to bf16 where the Apple GPU supports it (macOS 14 or newer,
   and a PyTorch with MPS autocast); elsewhere it is refused, never silently run in fp32.
 - CPU: fp32 when the CPU's flags show no bf16 instructions; otherwise time a bf16 and an fp32
-  matmul (~0.2 s) and use bf16 only when it is clearly faster. CPUs with AVX512-BF16 or AMX run
-  bf16 about twice as fast as fp32; CPUs without them (e.g. AMD Zen 3, most laptops before 2023)
-  emulate bf16 and run it ~100x slower.
+  matmul (~0.2 s, once per machine: the result is kept in the cache root) and use bf16 only when
+  it is clearly faster. CPUs with AVX512-BF16 or AMX run bf16 about twice as fast as fp32; CPUs
+  without them (e.g. AMD Zen 3, most laptops before 2023) emulate bf16 and run it ~100x slower.
 
 Weights and optimizer state always stay fp32; bf16 applies to matmul inputs inside autocast.
 """
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
 import time
 from dataclasses import dataclass
@@ -93,7 +94,7 @@ def resolve_dtype(name: str, device: torch.device) -> tuple[str, str]:
     native = cpu_has_native_bf16()
     if native is False:
         return "fp32", "this CPU has no bf16 instructions (AVX512-BF16, AMX or Arm BF16), so bf16 would be emulated"
-    fp32, bf16 = cpu_matmul_speeds()
+    fp32, bf16 = remembered_cpu_matmul_speeds()
     if bf16 > 1.3 * fp32:
         return "bf16", f"bf16 matmul measured {bf16:.0f} vs fp32 {fp32:.0f} GFLOP/s on this CPU"
     return "fp32", f"bf16 matmul measured {bf16:.1f} vs fp32 {fp32:.0f} GFLOP/s on this CPU"
@@ -125,6 +126,33 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
     if not flags:
         return None
     return bool(flags & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def remembered_cpu_matmul_speeds(cpuinfo: str = "/proc/cpuinfo") -> tuple[float, float]:
+    """`cpu_matmul_speeds`, measured once per machine and kept in the cache root
+    (`cpu-matmul.json`) under the CPU's model and flags, the PyTorch version and the number of
+    threads: later runs start 0.2 s sooner, and runs on one machine make the same choice instead
+    of one that a busy moment could flip. A new CPU, PyTorch or thread count measures again."""
+    from glassgpt import atomic, paths
+
+    try:
+        with open(cpuinfo, encoding="utf-8", errors="replace") as file:
+            described = sorted({line.strip() for line in file if line.startswith(("model name", "flags", "Features"))})
+    except OSError:
+        described = []
+    key = {"cpu": described, "torch": torch.__version__, "threads": torch.get_num_threads()}
+    path = paths.home() / "cpu-matmul.json"
+    try:
+        saved = json.loads(path.read_text())
+        if saved["key"] == key:
+            fp32, bf16 = saved["gflops"]
+            return float(fp32), float(bf16)
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, unreadable, or another format: measure
+        pass
+    speeds = cpu_matmul_speeds()
+    with contextlib.suppress(OSError, GlassError):  # a read-only cache root only costs the measurement
+        atomic.write_text(path, json.dumps({"key": key, "gflops": list(speeds)}))
+    return speeds
 
 
 @functools.cache
@@ -176,9 +204,9 @@ def copies_through_pinned_memory(device: str | torch.device) -> bool:
 
 
 def adamw_implementation(device: str | torch.device) -> dict:
-    """AdamW's keyword for `device`: one fused kernel per step on CUDA (fewest launches, the
-    fastest there); `foreach` elsewhere, which batches the update into a few multi-tensor ops and
-    keeps CPU runs exactly as they were measured."""
+    """torch.optim.AdamW's keyword for `device`: one fused kernel per step on CUDA (fewest
+    launches, the fastest there; training uses it there, train/optim.py); `foreach` elsewhere,
+    the multi-tensor update that glassgpt's own AdamW also makes."""
     return {"fused": True} if torch.device(device).type == "cuda" else {"foreach": True}
 
 

@@ -47,7 +47,7 @@ from glassgpt.model import taps
 from glassgpt.model.config import GPTConfig
 from glassgpt.model.gpt import GPT, head_is_tied, rotary_tables
 from glassgpt.see.registry import explain, grader_hint
-from glassgpt.train.optim import OptimizerSettings, build_optimizers
+from glassgpt.train.optim import Optimizer, OptimizerSettings, build_optimizers
 from glassgpt.train.step import train_step
 
 # How close is close enough, per check and per quantity, as (atol, rtol): a value passes when
@@ -1078,7 +1078,7 @@ def _settings(ctx: Context, adamw_lr: float = 1e-3) -> OptimizerSettings:
 
 def _learner_optimizers(ctx: Context, model, **kwargs):
     optimizers = ctx.learner.setup_optimizers(model, **kwargs)
-    if isinstance(optimizers, torch.optim.Optimizer):
+    if isinstance(optimizers, (torch.optim.Optimizer, Optimizer)):
         optimizers = [optimizers]
     grouped = [p for o in optimizers for g in o.param_groups for p in g["params"]]
     hint = grader_hint(f"optimizer.{ctx.family}")

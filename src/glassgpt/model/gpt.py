@@ -214,16 +214,81 @@ class Block(nn.Module):
         return tap(names["resid.post"], tap(names["mlp.norm"], self.norm_2(x + h if self.residual else h)))
 
 
-class _SkipInitOnMeta(TorchFunctionMode):
-    """Meta tensors hold no values, so nn.Linear's default initialisers have nothing to do there;
-    and PyTorch runs them (and arange) on meta through Python kernels whose first use imports
-    torch._dynamo and sympy, 2-3 s at start-up. Skip the initialisers, make arange on the CPU."""
+# Head and loss in blocks of rows: the largest tensors of a small model's step are its
+# full-vocabulary ones (B·T x V fp32: 32 MB each at 2,048 tokens and V = 4,096, and the plain path
+# keeps about eight of them alive between forward and backward). Blocks of this many bytes of
+# logits keep the peak at a few blocks, whatever B·T is.
+HEAD_BLOCK_BYTES = 8 * 2**20
+HEAD_LOGIT_TAPS = ("lm_head.logits_raw", "lm_head.logits", "loss.per_token")
+
+
+class BlockwiseHeadLoss(torch.autograd.Function):
+    """sum over counted rows of cross_entropy(softcap(x @ Wᵀ), target), never holding all logits.
+
+    Forward walks the rows in blocks; with `with_grad` it also computes each block's gradients
+    right away (d loss / d logits = softmax − one-hot, times the softcap's slope 1 − tanh²) and
+    keeps only their products with W and x, which are as small as x and W. Backward scales them
+    by the incoming gradient: the loss is a scalar, so that is all the chain rule needs.
+    The same arithmetic as `GPT.forward`'s plain path (equal to 1e-5 in fp32, tested); under
+    autocast the matmuls run in the autocast dtype, as the plain path's do.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, targets, softcap: float | None, rows: int, with_grad: bool):
+        # x (N, C), weight (V, C), targets (N,) with -1 for "not counted"
+        total = torch.zeros((), dtype=torch.float32, device=x.device)
+        grad_x = torch.empty_like(x) if with_grad else None  # (N, C)
+        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device) if with_grad else None
+        for start in range(0, x.shape[0], rows):
+            x_block, target_block = x[start:start + rows], targets[start:start + rows]  # (n, C), (n,)
+            raw = F.linear(x_block, weight)  # (n, V), in the autocast dtype if any
+            logits = raw.float()
+            if softcap is not None:
+                squashed = torch.tanh(logits / softcap)  # (n, V)
+                logits = softcap * squashed
+            counted = (target_block != -1).unsqueeze(1)  # (n, 1)
+            picked = target_block.clamp(min=0).unsqueeze(1)  # (n, 1): any valid index for ignored rows
+            log_norm = torch.logsumexp(logits, dim=1, keepdim=True)  # (n, 1)
+            total += ((log_norm - logits.gather(1, picked)) * counted).sum()
+            if not with_grad:
+                continue
+            grad_logits = logits.sub_(log_norm).exp_()  # softmax, reusing the logits' memory (n, V)
+            grad_logits.scatter_add_(1, picked, torch.full_like(log_norm, -1.0))  # − one-hot
+            grad_logits.mul_(counted)
+            if softcap is not None:
+                grad_logits.mul_(1 - squashed.square_())
+            grad_logits = grad_logits.to(raw.dtype)
+            grad_x[start:start + rows] = grad_logits @ weight.to(raw.dtype)  # (n, C)
+            grad_weight += grad_logits.T @ x_block.to(raw.dtype)  # (V, C)
+        ctx.save_for_backward(grad_x, grad_weight)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx, grad_total):
+        grad_x, grad_weight = ctx.saved_tensors
+        return grad_x * grad_total, (grad_weight * grad_total).to(ctx.weight_dtype), None, None, None, None
+
+
+def head_block_rows(vocab_size: int) -> int:
+    return max(1, HEAD_BLOCK_BYTES // (4 * vocab_size))
+
+
+class _SkipDefaultInit(TorchFunctionMode):
+    """Skip nn.Linear's and nn.Embedding's default initialisers while a model is constructed:
+    `init_weights` overwrites every value anyway, and on the meta device PyTorch runs them (and
+    arange) through Python kernels whose first use imports torch._dynamo and sympy, 2-3 s at
+    start-up. On meta, arange is made on the CPU for the same reason."""
+
+    def __init__(self, arange_on_cpu: bool):
+        super().__init__()
+        self.arange_on_cpu = arange_on_cpu
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         if getattr(func, "__module__", None) == "torch.nn.init":
             return args[0] if args else kwargs["tensor"]
-        if func is torch.arange and kwargs.get("device") is None:
+        if self.arange_on_cpu and func is torch.arange and kwargs.get("device") is None:
             kwargs["device"] = "cpu"
         return func(*args, **kwargs)
 
@@ -231,13 +296,9 @@ class _SkipInitOnMeta(TorchFunctionMode):
 class GPT(nn.Module):
     """Token ids (B, T) → logits (B, T, V), or → the loss when targets are given.
 
-    Build on the meta device (no memory, no time), then `to_empty` and `init_weights`:
-
-        with torch.device("meta"):
-            model = GPT(config)
-        model.to_empty(device="cpu"); model.init_weights()
-
-    `GPT.build(config, device)` does exactly that.
+    Build with `GPT.build(config, device)`: the tensors are allocated on `device` without
+    PyTorch's default initialisation, then `init_weights` sets every value. On the meta device
+    the model has shapes and no memory (for counting parameters and FLOPs).
     """
 
     def __init__(self, config: GPTConfig):
@@ -261,13 +322,14 @@ class GPT(nn.Module):
 
     @classmethod
     def build(cls, config: GPTConfig, device: str | torch.device = "cpu", init: bool = True) -> "GPT":
-        """Construct on the meta device (shapes only), then materialise on `device` and initialise.
-        device="meta" returns the shapes-only model (for counting parameters and FLOPs)."""
-        with torch.device("meta"), _SkipInitOnMeta():
+        """Allocate on `device` (no default initialisation), then initialise; init=False leaves the
+        weights unset, for a checkpoint to fill. device="meta" returns the shapes-only model.
+        (Not meta then `to_empty`: materialising meta tensors imports sympy, 0.3 s and 46 MB.)"""
+        meta = torch.device(device).type == "meta"
+        with torch.device(device), _SkipDefaultInit(arange_on_cpu=meta):
             model = cls(config)
-        if torch.device(device).type == "meta":
+        if meta:
             return model
-        model.to_empty(device=device)
         model.init_buffers()
         if init:
             model.init_weights()
@@ -361,6 +423,12 @@ class GPT(nn.Module):
             kv_cache.advance(T)
         x = tap("final.norm", self.final_norm(x))
         head_weight = self.wte.weight if self.lm_head is None else self.lm_head.weight
+        if targets is not None and self._blockwise_loss(x, B * T):
+            with_grad = torch.is_grad_enabled() and (x.requires_grad or head_weight.requires_grad)
+            loss_sum = BlockwiseHeadLoss.apply(x.flatten(0, 1), head_weight, targets.reshape(-1),
+                                               self.config.softcap, head_block_rows(self.config.vocab_size),
+                                               with_grad)
+            return tap("loss", loss_sum / (targets != -1).sum().clamp(min=1))
         logits = tap("lm_head.logits_raw", F.linear(x, head_weight).float())  # (B, T, V)
         if self.config.softcap is not None:  # smoothly bound logits to (-c, c)
             cap = self.config.softcap
@@ -373,6 +441,15 @@ class GPT(nn.Module):
         losses = tap("loss.per_token", losses)  # (B, T), 0 where the target is ignored
         counted = (targets != -1).sum()
         return tap("loss", losses.sum() / counted.clamp(min=1))
+
+
+    def _blockwise_loss(self, x: torch.Tensor, rows: int) -> bool:
+        """Whether the loss takes `BlockwiseHeadLoss` rather than the plain path below it: on the
+        CPU, where memory is scarce and nothing fuses the plain path's full-vocabulary tensors,
+        when the logits are more than one block; not when a tracer wants to see the logits or the
+        per-token losses, nor while torch.compile (which fuses them itself) is tracing."""
+        return (x.device.type == "cpu" and rows > head_block_rows(self.config.vocab_size)
+                and not torch.compiler.is_compiling() and not any(taps.wants(name) for name in HEAD_LOGIT_TAPS))
 
 
 def head_is_tied(model: nn.Module) -> bool:

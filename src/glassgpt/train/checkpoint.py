@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from glassgpt import atomic
 from glassgpt.errors import GlassError
+from glassgpt.train.optim import OptimizerLike
 
 _STEP_DIR = re.compile(r"^step-(\d{6,})$")
 
@@ -51,7 +52,7 @@ def latest(run_dir: Path) -> Path | None:
     return found[-1] if found else None
 
 
-def save(run_dir: Path, step: int, model: torch.nn.Module, optimizers: list[torch.optim.Optimizer],
+def save(run_dir: Path, step: int, model: torch.nn.Module, optimizers: list[OptimizerLike],
          state: dict, keep: int) -> Path:
     folder = checkpoints_dir(run_dir) / f"step-{step:06d}"
     try:
@@ -72,7 +73,7 @@ def save(run_dir: Path, step: int, model: torch.nn.Module, optimizers: list[torc
 
 
 def _write_failure(error: Exception, folder: Path, model: torch.nn.Module,
-                   optimizers: list[torch.optim.Optimizer]) -> str:
+                   optimizers: list[OptimizerLike]) -> str:
     """Why a checkpoint could not be written, in words. torch.save reports a full disk as
     "unexpected pos N vs M", so the free space is checked too: less than a checkpoint's tensors
     need is a full disk, whatever the writer said."""
@@ -172,7 +173,7 @@ def load_weights(folder: Path, model: torch.nn.Module) -> None:
     model.load_state_dict(weights, strict=True)
 
 
-def load_optimizers(folder: Path, optimizers: list[torch.optim.Optimizer]) -> None:
+def load_optimizers(folder: Path, optimizers: list[OptimizerLike]) -> None:
     try:
         saved = torch.load(folder / "optimizer.pt", map_location="cpu", weights_only=True)
         states = saved["optimizers"]

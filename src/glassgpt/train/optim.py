@@ -8,10 +8,20 @@
   model takes smaller steps there.
 - `lr_multiplier` (warmup → constant → linear warmdown) and `muon_momentum` are pure functions
   of the step, unit-tested for their invariants.
+
+Both optimisers are written here on a small `Optimizer` base rather than on `torch.optim`'s:
+torch's base class and AdamW import torch._dynamo (and sympy) on first use, which costs a CPU run
+a second of start-up and 70 MB of memory for a compiler it does not use. The state dicts have
+torch's layout, so a checkpoint written with `torch.optim.AdamW` loads here and the other way
+round. On CUDA, AdamW is torch's fused kernel (one launch per step), which a GPU run can afford.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
+from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import torch
@@ -41,7 +51,108 @@ def orthogonalize(G: torch.Tensor, steps: int = 5) -> torch.Tensor:
     return X.to(G.dtype)
 
 
-class Muon(torch.optim.Optimizer):
+class Optimizer:
+    """What training needs of an optimiser: parameter groups with their hyperparameters, a
+    per-parameter state, `zero_grad`, and a state dict in torch.optim's layout
+    ({"state": {index: {...}}, "param_groups": [{..., "params": [index, ...]}]}, indices counted
+    over the groups in order). Subclasses write `step`."""
+
+    def __init__(self, params: Iterable, defaults: dict):
+        self.defaults = dict(defaults)
+        groups = list(params)
+        if not groups:
+            raise ValueError("an optimiser needs at least one parameter")
+        if not isinstance(groups[0], dict):
+            groups = [{"params": groups}]
+        self.param_groups = [{**self.defaults, **group, "params": list(group["params"])} for group in groups]
+        self.state: dict[torch.Tensor, dict] = defaultdict(dict)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if set_to_none:
+                    p.grad = None
+                elif p.grad is not None:
+                    p.grad.zero_()
+
+    def _indexed_params(self) -> list[torch.Tensor]:
+        return [p for group in self.param_groups for p in group["params"]]
+
+    def state_dict(self) -> dict:
+        params = self._indexed_params()
+        index = {id(p): i for i, p in enumerate(params)}
+        groups, first = [], 0
+        for group in self.param_groups:
+            groups.append({**{k: v for k, v in group.items() if k != "params"},
+                           "params": list(range(first, first + len(group["params"])))})
+            first += len(group["params"])
+        return {"state": {index[id(p)]: state for p, state in self.state.items()}, "param_groups": groups}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved_groups = state_dict["param_groups"]
+        if [len(g["params"]) for g in saved_groups] != [len(g["params"]) for g in self.param_groups]:
+            raise ValueError("the saved optimiser state has different parameter groups")
+        params = self._indexed_params()
+        self.state = defaultdict(dict)
+        for index, state in state_dict["state"].items():
+            p = params[int(index)]
+            # Moments follow their parameter's device and dtype; the step count stays as saved.
+            self.state[p] = {key: value.to(p.device, p.dtype if key != "step" else value.dtype)
+                             if torch.is_tensor(value) else copy.deepcopy(value)
+                             for key, value in state.items()}
+        for group, saved in zip(self.param_groups, saved_groups):
+            group.update({k: v for k, v in saved.items() if k != "params"})
+
+
+# What the training step, checkpoints and the trace accept: glassgpt's optimisers, or torch's (a
+# learner's `setup_optimizers` returns torch.optim ones, and CUDA runs use torch's fused AdamW).
+OptimizerLike = Optimizer | torch.optim.Optimizer
+
+
+class AdamW(Optimizer):
+    """Adam with decoupled weight decay (Loshchilov & Hutter), for every parameter at once:
+
+        m ← β1·m + (1 − β1)·g            v ← β2·v + (1 − β2)·g²
+        p ← p·(1 − lr·wd) − lr · (m / (1 − β1ᵗ)) / (√(v / (1 − β2ᵗ)) + eps)
+
+    The update is a few multi-tensor (`torch._foreach_*`) operations over all parameters of a
+    group, not a Python loop of small ones.
+    """
+
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
+                 weight_decay: float = 0.0):
+        super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
+                if not self.state[p]:
+                    self.state[p] = {"step": torch.zeros((), dtype=torch.float32),
+                                     "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+            states = [self.state[p] for p in params]
+            grads = [p.grad for p in params]
+            exp_avgs = [s["exp_avg"] for s in states]
+            exp_avg_sqs = [s["exp_avg_sq"] for s in states]
+            for s in states:
+                s["step"] += 1
+            t = int(states[0]["step"].item())  # one group steps together
+            lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+            if group["weight_decay"]:
+                torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
+            torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+            torch._foreach_mul_(exp_avg_sqs, beta2)
+            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+            denominators = torch._foreach_sqrt(exp_avg_sqs)
+            torch._foreach_div_(denominators, (1 - beta2 ** t) ** 0.5)
+            torch._foreach_add_(denominators, eps)
+            torch._foreach_addcdiv_(params, exp_avgs, denominators, -lr / (1 - beta1 ** t))
+
+
+class Muon(Optimizer):
     """MomentUm Orthogonalized by Newton-Schulz, for 2-D parameters only.
 
     update = orthogonalize(nesterov momentum of the gradient) x sqrt(max(1, rows / cols))
@@ -90,7 +201,7 @@ def is_block_matrix(name: str, parameter: torch.Tensor) -> bool:
     return name.startswith("blocks.") and parameter.dim() == 2
 
 
-def build_optimizers(model: torch.nn.Module, settings: OptimizerSettings) -> list[torch.optim.Optimizer]:
+def build_optimizers(model: torch.nn.Module, settings: OptimizerSettings) -> list[Optimizer]:
     """Split the model's parameters into groups and give each group its optimiser.
 
     Every group records `initial_lr`; the training loop sets lr = initial_lr x lr_multiplier(step).
@@ -124,14 +235,13 @@ def build_optimizers(model: torch.nn.Module, settings: OptimizerSettings) -> lis
     return [_adamw(adam_groups, settings), _with_initial_lr(Muon(matrices, lr=settings.matrix_lr))]
 
 
-def _adamw(groups: list[dict], settings: OptimizerSettings) -> torch.optim.AdamW:
+def _adamw(groups: list[dict], settings: OptimizerSettings) -> "AdamW | torch.optim.AdamW":
     device = groups[0]["params"][0].device
-    optimizer = torch.optim.AdamW(groups, betas=(settings.beta1, settings.beta2), eps=1e-10,
-                                  **adamw_implementation(device))
-    return _with_initial_lr(optimizer)
+    kind = AdamW if device.type != "cuda" else functools.partial(torch.optim.AdamW, **adamw_implementation(device))
+    return _with_initial_lr(kind(groups, betas=(settings.beta1, settings.beta2), eps=1e-10))
 
 
-def _with_initial_lr(optimizer: torch.optim.Optimizer) -> torch.optim.Optimizer:
+def _with_initial_lr(optimizer: Optimizer) -> Optimizer:
     for group in optimizer.param_groups:
         group["initial_lr"] = group["lr"]
     return optimizer
@@ -168,7 +278,7 @@ def muon_momentum(step: int, warmup_steps: int = 300, start: float = 0.85, end: 
     return (1 - frac) * start + frac * end
 
 
-def set_learning_rates(optimizers: list[torch.optim.Optimizer], multiplier: float, momentum: float | None) -> None:
+def set_learning_rates(optimizers: list[Optimizer], multiplier: float, momentum: float | None) -> None:
     for optimizer in optimizers:
         for group in optimizer.param_groups:
             group["lr"] = group["initial_lr"] * multiplier

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from glassgpt.train.optim import set_learning_rates
+from glassgpt.train.optim import OptimizerLike, set_learning_rates
 
 
 @dataclass
@@ -36,7 +36,7 @@ class StepResult:
 
 def train_step(
     model: torch.nn.Module,
-    optimizers: Sequence[torch.optim.Optimizer],
+    optimizers: Sequence[OptimizerLike],
     micro_batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
     *,
     lr_multiplier: float = 1.0,
