@@ -148,6 +148,24 @@ def test_adamw_takes_the_same_steps_as_torchs_and_their_states_load_into_each_ot
         assert torch.allclose(p["params"][0], q["params"][0], rtol=0, atol=1e-7)
 
 
+def test_adamw_corrects_each_parameter_by_its_own_step_count_as_torch_does():
+    """A parameter whose first gradient comes later (frozen, unused) starts its own count."""
+    torch.manual_seed(1)
+    ours = [torch.nn.Parameter(torch.randn(4)), torch.nn.Parameter(torch.randn(3))]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    adamw, reference = AdamW([dict(params=ours)], lr=0.1), torch.optim.AdamW([dict(params=theirs)], lr=0.1, foreach=True)
+    for step in range(3):
+        for index, (p, q) in enumerate(zip(ours, theirs)):
+            late = index == 1 and step == 0
+            p.grad = None if late else torch.randn_like(p)
+            q.grad = None if late else p.grad.clone()
+        adamw.step()
+        reference.step()
+    assert [adamw.state[p]["step"].item() for p in ours] == [3, 2]
+    for p, q in zip(ours, theirs):
+        assert torch.allclose(p, q, rtol=0, atol=1e-7)
+
+
 def test_optimiser_state_of_other_groups_is_refused():
     adamw = AdamW(_groups([torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(3))]))
     other = AdamW([torch.nn.Parameter(torch.zeros(2))])

@@ -442,7 +442,6 @@ class GPT(nn.Module):
         counted = (targets != -1).sum()
         return tap("loss", losses.sum() / counted.clamp(min=1))
 
-
     def _blockwise_loss(self, x: torch.Tensor, rows: int) -> bool:
         """Whether the loss takes `BlockwiseHeadLoss` rather than the plain path below it: on the
         CPU, where memory is scarce and nothing fuses the plain path's full-vocabulary tensors,

@@ -96,8 +96,9 @@ class Optimizer:
         self.state = defaultdict(dict)
         for index, state in state_dict["state"].items():
             p = params[int(index)]
-            # Moments follow their parameter's device and dtype; the step count stays as saved.
-            self.state[p] = {key: value.to(p.device, p.dtype if key != "step" else value.dtype)
+            # Copies (never the caller's tensors): moments follow their parameter's device and
+            # dtype, and the step count stays as saved.
+            self.state[p] = {key: value.to(p.device, p.dtype if key != "step" else value.dtype, copy=True)
                              if torch.is_tensor(value) else copy.deepcopy(value)
                              for key, value in state.items()}
         for group, saved in zip(self.param_groups, saved_groups):
@@ -120,36 +121,40 @@ class AdamW(Optimizer):
     """
 
     def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8,
-                 weight_decay: float = 0.0):
+                 weight_decay: float = 1e-2):  # torch.optim.AdamW's defaults
         super().__init__(params, dict(lr=lr, betas=betas, eps=eps, weight_decay=weight_decay))
 
     @torch.no_grad()
     def step(self) -> None:
         for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
-            if not params:
-                continue
-            for p in params:
+            # A parameter's step count starts at its first gradient, so counts can differ within
+            # a group: each count has its own bias correction.
+            by_count: dict[int, list[torch.Tensor]] = defaultdict(list)
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
                 if not self.state[p]:
                     self.state[p] = {"step": torch.zeros((), dtype=torch.float32),
                                      "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
-            states = [self.state[p] for p in params]
-            grads = [p.grad for p in params]
-            exp_avgs = [s["exp_avg"] for s in states]
-            exp_avg_sqs = [s["exp_avg_sq"] for s in states]
-            for s in states:
-                s["step"] += 1
-            t = int(states[0]["step"].item())  # one group steps together
-            lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
-            if group["weight_decay"]:
-                torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
-            torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
-            torch._foreach_mul_(exp_avg_sqs, beta2)
-            torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
-            denominators = torch._foreach_sqrt(exp_avg_sqs)
-            torch._foreach_div_(denominators, (1 - beta2 ** t) ** 0.5)
-            torch._foreach_add_(denominators, eps)
-            torch._foreach_addcdiv_(params, exp_avgs, denominators, -lr / (1 - beta1 ** t))
+                self.state[p]["step"] += 1
+                by_count[int(self.state[p]["step"].item())].append(p)
+            for t, params in by_count.items():
+                self._update(params, group, t)
+
+    def _update(self, params: list[torch.Tensor], group: dict, t: int) -> None:
+        grads = [p.grad for p in params]
+        exp_avgs = [self.state[p]["exp_avg"] for p in params]
+        exp_avg_sqs = [self.state[p]["exp_avg_sq"] for p in params]
+        lr, (beta1, beta2), eps = group["lr"], group["betas"], group["eps"]
+        if group["weight_decay"]:
+            torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
+        torch._foreach_lerp_(exp_avgs, grads, 1 - beta1)
+        torch._foreach_mul_(exp_avg_sqs, beta2)
+        torch._foreach_addcmul_(exp_avg_sqs, grads, grads, 1 - beta2)
+        denominators = torch._foreach_sqrt(exp_avg_sqs)
+        torch._foreach_div_(denominators, (1 - beta2 ** t) ** 0.5)
+        torch._foreach_add_(denominators, eps)
+        torch._foreach_addcdiv_(params, exp_avgs, denominators, -lr / (1 - beta1 ** t))
 
 
 class Muon(Optimizer):
