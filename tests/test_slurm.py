@@ -151,7 +151,9 @@ def losses(run: Path) -> dict[int, float]:
 @pytest.mark.slow
 def test_the_slurm_recipes_train_and_a_job_stopped_by_sigterm_requeues_and_resumes_exactly(slurm, glass_home):
     glass_home.mkdir(parents=True, exist_ok=True)
-    env = {**slurm, "GLASSGPT_HOME": str(glass_home)}
+    # The cluster's environment was taken before this test's fixtures set the cache root and the
+    # data mirror: the jobs get both from here.
+    env = {**slurm, "GLASSGPT_HOME": str(glass_home), "GLASSGPT_DATA_MIRROR": os.environ["GLASSGPT_DATA_MIRROR"]}
 
     # One node x 2 processes, to the end.
     job = submit(env, "train-1node.sbatch", "whole", glass_home)
