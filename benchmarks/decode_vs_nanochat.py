@@ -29,14 +29,14 @@ import os
 import statistics
 import sys
 import time
-from pathlib import Path
 
 import torch
 
 from glassgpt.allocator import tune_allocator
-from glassgpt.engine import Engine, intra_op_threads
+from glassgpt.engine import Engine
 from glassgpt.model.config import GPTConfig
 from glassgpt.model.gpt import GPT
+from nanochat_side import intra_op_threads, nanochat_model
 
 
 def time_tokens(generate) -> float:
@@ -67,22 +67,10 @@ class _NoSpecialTokens:
 
 
 def nanochat_engine(path: str, depth: int, vocab_size: int, sequence_len: int):
-    """nanochat's own model and Engine, built as its scripts build them (meta device, init_weights),
-    at nanochat's own shape for this depth: width 64 x depth, head_dim 128."""
-    sys.path.insert(0, str(Path(path).resolve()))
-    try:
-        from nanochat.engine import Engine as NanochatEngine
-        from nanochat.gpt import GPT as NanochatGPT, GPTConfig as NanochatConfig
-    except ImportError as error:
-        raise SystemExit(f"could not import nanochat from {path}: {error}; pass the folder of a nanochat checkout")
-    width = 64 * depth
-    heads = max(1, width // 128)
-    config = NanochatConfig(sequence_len=sequence_len, vocab_size=vocab_size, n_layer=depth, n_head=heads,
-                            n_kv_head=heads, n_embd=width)
-    with torch.device("meta"):
-        model = NanochatGPT(config)
-    model.to_empty(device="cpu")
-    model.init_weights()
+    """nanochat's own model and Engine, at nanochat's own shape for this depth."""
+    model, config = nanochat_model(path, depth, vocab_size, sequence_len)
+    from nanochat.engine import Engine as NanochatEngine  # importable once nanochat_model found the checkout
+
     model.eval()
     return NanochatEngine(model, _NoSpecialTokens(vocab_size)), config
 

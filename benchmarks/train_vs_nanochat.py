@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 
 def nanochat_tokens_per_sec(path: str, depth: int, vocab_size: int, seq_len: int, batch_size: int, steps: int,
@@ -32,17 +31,9 @@ def nanochat_tokens_per_sec(path: str, depth: int, vocab_size: int, seq_len: int
     """tokens/s of nanochat's training step (runs in the child process)."""
     import torch
 
-    sys.path.insert(0, str(Path(path).resolve()))
-    from nanochat.gpt import GPT, GPTConfig
+    from nanochat_side import nanochat_model
 
-    width = 64 * depth
-    heads = max(1, width // 128)
-    config = GPTConfig(sequence_len=seq_len, vocab_size=vocab_size, n_layer=depth, n_head=heads, n_kv_head=heads,
-                       n_embd=width)
-    with torch.device("meta"):
-        model = GPT(config)
-    model.to_empty(device="cpu")
-    model.init_weights()
+    model, _ = nanochat_model(path, depth, vocab_size, seq_len)
     optimizer = model.setup_optimizer()
     torch.manual_seed(0)
     x = torch.randint(0, vocab_size, (batch_size, seq_len))

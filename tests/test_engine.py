@@ -202,9 +202,9 @@ def test_no_new_tokens_asked_means_no_events():
 
 
 def test_the_engine_samples_from_the_logits_of_a_full_forward(monkeypatch):
-    """The prefill/decode split over the KV cache is a speed
-    trick only: at every step, including after the window slid, the logits the engine samples
-    from are those of the reference model run on the whole context (fp32, 1e-5)."""
+    """The prefill/decode split over the KV cache is a speed trick only: at every step, including
+    after the window slid, the logits the engine samples from are those of the reference model
+    run on the whole context (fp32, 1e-5)."""
     import glassgpt.engine as engine_module
 
     model = tiny_model(tiny_config(sequence_len=16)).eval()

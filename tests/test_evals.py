@@ -23,7 +23,6 @@ def test_a_uniform_model_scores_log2_vocab_bits_per_token(tokenizer_512, shakesp
     assert bpb == pytest.approx(expected, rel=1e-5)
 
 
-
 def test_evaluation_passes_stay_within_their_token_and_logit_bounds():
     from glassgpt.evals.bpb import EVAL_LOGITS_BYTES, EVAL_TOKENS_PER_PASS, eval_rows_per_pass
 

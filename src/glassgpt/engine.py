@@ -245,14 +245,13 @@ class Engine:
         return [special["<|tool_result_start|>"], *self.tokenizer.encode(result.text), special["<|tool_result_end|>"]]
 
     def _forward(self, ids: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
-        threads = 1 if self.device.type == "cpu" and ids.numel() <= ONE_THREAD_UP_TO else None
         model = self.model
         if self.compile and cache is not None and ids.shape[1] == 1:  # a decode step
             if self._compiled_model is None:
                 # dynamic: the cache length grows every step; one graph serves every length
                 self._compiled_model = torch.compile(self.model, dynamic=True)
             model = self._compiled_model
-        with self.autocast(), intra_op_threads(threads):
+        with self.autocast():
             logits = model(ids, kv_cache=cache) if cache is not None else model(ids)
         return logits[:, -1, :]  # (B, V): only the last position samples
 
@@ -261,29 +260,6 @@ class Engine:
             probe = torch.nn.functional.linear(torch.zeros(1, 1, device=self.device),
                                                torch.zeros(1, 1, device=self.device))
         return probe.dtype
-
-
-# A CPU forward of this many tokens or fewer would run on one thread (0: none does; every forward
-# uses torch's threads). On a busy machine one thread decodes faster (a second one waits for a core
-# that is busy elsewhere); on a quiet 2-core machine two threads do: depth 4, vocab 4,096, batch 1,
-# 660 tok/s against 516 on one thread (benchmarks/decode_vs_nanochat.py, load average 0.9).
-# Users run on quiet machines, so the default follows them.
-ONE_THREAD_UP_TO = 0
-
-
-@contextlib.contextmanager
-def intra_op_threads(threads: int | None):
-    """Run the block with `threads` intra-op threads (None: leave them as they are). The setting is
-    the calling thread's own, and restored after, so it never leaks into the caller's next step."""
-    previous = torch.get_num_threads()
-    if threads is None or threads == previous:
-        yield
-        return
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(previous)
 
 
 def _finish(row: _Row, event: Event, reason: str) -> None:
