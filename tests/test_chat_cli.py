@@ -52,6 +52,16 @@ def test_the_reply_is_what_the_session_generates_for_the_same_conversation(tiny,
     assert reply.text.strip() and printed.strip() == reply.text.strip()
 
 
+@pytest.mark.slow  # compiling the decode step takes ~15 s
+def test_a_compiled_decode_step_gives_the_same_reply(tiny, capsys):
+    assert chat("-p", "hi", "--temperature", "0") == 0
+    eager = capsys.readouterr().out
+    assert chat("-p", "hi", "--temperature", "0", "--compile") == 0
+    out, err = capsys.readouterr()
+    assert out == eager and eager.strip()
+    assert "compiled the decode step: 1 graph in" in err  # the tiny run's context reads one span
+
+
 def test_piped_lines_are_a_multi_turn_conversation_with_commands(tiny, capsys, monkeypatch):
     lines = ["first message", "/temperature 0", "/top-k 5", "/temperature hot", "/system Be brief.",
              "second message", "/frobnicate", "/help", "/clear", "third", "/quit", "never read"]

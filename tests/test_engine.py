@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from conftest import tiny_config, tiny_model
@@ -226,3 +227,109 @@ def test_the_engine_samples_from_the_logits_of_a_full_forward(monkeypatch):
         context.append(token)
         if len(context) > 16:  # the engine keeps the most recent half of a full window
             context = context[-8:]
+
+
+@pytest.mark.slow  # compiling takes ~15 s on a fresh machine
+def test_a_compiled_decode_step_samples_from_the_logits_of_a_full_forward(monkeypatch):
+    """Engine(compile=True): a static KV cache and torch.compile'd decode steps. The same logits as
+    the reference model on the whole context (fp32, 1e-5) at every step, across window slides;
+    the same tokens as the eager engine; and weights changed in place are seen without compiling
+    again (the compiled step reads the parameters, it does not freeze them)."""
+    import glassgpt.engine as engine_module
+
+    model = tiny_model(tiny_config(sequence_len=16)).eval()
+    seen = []
+    real_sample_next = engine_module.sample_next
+
+    def recording_sample_next(logits, *args, **kwargs):
+        seen.append(logits.clone())
+        return real_sample_next(logits, *args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "sample_next", recording_sample_next)
+    prompt = [5, 6, 7, 8, 9]
+    compiled = Engine(model, compile=True)
+    tokens = list(compiled.generate(prompt, 30, temperature=0.9, seed=4))
+    assert compiled._compiled_model is not None, "the decode steps did not go through torch.compile"
+    assert tokens == list(Engine(model).generate(prompt, 30, temperature=0.9, seed=4))
+    context = list(prompt)
+    for step, (logits, token) in enumerate(zip(seen, tokens)):
+        full = model(torch.tensor([context]))[:, -1]  # (1, V)
+        assert torch.allclose(logits, full, atol=1e-5), f"step {step}"
+        context.append(token)
+        if len(context) > 16:
+            context = context[-8:]
+
+    with torch.no_grad():
+        model.blocks[0].mlp.c_fc.weight.mul_(3.0)  # as an optimiser would: in place
+    seen.clear()
+    after = list(compiled.generate(prompt, 6, temperature=0, seed=4))
+    context = list(prompt)
+    for step, (logits, token) in enumerate(zip(seen, after)):
+        full = model(torch.tensor([context]))[:, -1]
+        assert torch.allclose(logits, full, atol=1e-5), f"after the weights changed, step {step}"
+        context.append(token)
+
+
+def test_a_decode_step_that_cannot_compile_is_one_clear_error(monkeypatch):
+    import glassgpt.engine as engine_module
+    from glassgpt.errors import GlassError
+
+    def no_compiler(model):
+        def step(*args, **kwargs):
+            raise RuntimeError("InductorError: CppCompileError: C++ compile error\nmore lines")
+        return step
+
+    monkeypatch.setattr(engine_module, "compile_decode_step", no_compiler)
+    engine = Engine(tiny_model(), compile=True)
+    with pytest.raises(GlassError, match=r"could not compile the decode step \(InductorError: CppCompileError: "
+                                         r"C\+\+ compile error\); run without --compile"):
+        list(engine.generate([1, 2, 3], 5, temperature=0))
+
+
+def test_a_static_cache_reads_a_power_of_two_span_that_covers_the_context():
+    from glassgpt.engine import static_span
+
+    assert [static_span(n, 512) for n in (1, 64, 65, 128, 129, 300, 512)] == [64, 64, 128, 128, 256, 512, 512]
+    assert static_span(40, 48) == 48 and static_span(700, 1000) == 1000  # never more than the cache holds
+    assert all(static_span(n, 2048) >= n for n in range(1, 2049))
+
+
+def test_decode_steps_over_static_spans_sample_from_the_logits_of_a_full_forward(monkeypatch):
+    """The static cache and its spans, run eagerly (the compiler swapped for the model itself, so
+    the test is quick): a 160-token context reads 64, then 128, then 160 slots, and every step's
+    logits are the full forward pass's, across a window slide; compile_now visits every span."""
+    import glassgpt.engine as engine_module
+
+    spans_seen = []
+
+    def not_compiled(model):
+        def step(ids, kv_cache):
+            spans_seen.append(kv_cache.span)
+            return model(ids, kv_cache=kv_cache)
+        return step
+
+    monkeypatch.setattr(engine_module, "compile_decode_step", not_compiled)
+    model = tiny_model(tiny_config(sequence_len=160)).eval()
+    engine = Engine(model, compile=True)
+    assert engine.compile_now() == 3 and list(dict.fromkeys(spans_seen)) == [64, 128, 160]
+    spans_seen.clear()
+    seen = []
+    real_sample_next = engine_module.sample_next
+
+    def recording_sample_next(logits, *args, **kwargs):
+        seen.append(logits.clone())
+        return real_sample_next(logits, *args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "sample_next", recording_sample_next)
+    prompt = list(range(1, 41))
+    tokens = list(engine.generate(prompt, 200, temperature=0.9, seed=2))
+    assert set(spans_seen) == {64, 128, 160}
+    assert tokens == list(Engine(model).generate(prompt, 200, temperature=0.9, seed=2))
+    context = list(prompt)
+    for step, (logits, token) in enumerate(zip(seen, tokens)):
+        if step % 7 == 0 or len(context) in (63, 64, 65, 128, 129, 160):
+            full = model(torch.tensor([context]))[:, -1]
+            assert torch.allclose(logits, full, atol=1e-5), f"step {step}, context {len(context)}"
+        context.append(token)
+        if len(context) > 160:
+            context = context[-80:]

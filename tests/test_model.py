@@ -297,17 +297,44 @@ def test_attention_rows_sum_to_one_and_respect_the_mask():
     assert (pattern.triu(diagonal=1) == 0).all()
 
 
+@pytest.mark.parametrize("static", [False, True], ids=["growing-cache", "static-cache"])
 @pytest.mark.parametrize("fields", [{}, dict(family_gpt2=True), dict(n_kv_head=1)])
-def test_cached_decoding_gives_the_same_logits_as_a_full_forward(fields):
+def test_cached_decoding_gives_the_same_logits_as_a_full_forward(fields, static):
     config = tiny_config("gpt2") if fields.pop("family_gpt2", False) else tiny_config(**fields)
     model = tiny_model(config).eval()
     idx = torch.randint(0, 97, (2, 20))
     full = model(idx)
-    cache = KVCache(config, 2, config.sequence_len, "cpu")
+    cache = KVCache(config, 2, config.sequence_len, "cpu", static=static)
     pieces = [model(idx[:, :7], kv_cache=cache)]  # prefill
     pieces += [model(idx[:, 7:12], kv_cache=cache)]  # a chunk with the cache already filled
     pieces += [model(idx[:, t:t + 1], kv_cache=cache) for t in range(12, 20)]  # one token at a time
     assert torch.allclose(torch.cat(pieces, dim=1), full, atol=1e-5)
+    assert cache.pos == 20
+    cache.reset()  # what the Engine does when its window slides: the old keys must not be seen
+    assert torch.allclose(model(idx[:, 10:15], kv_cache=cache), model(idx[:, 10:15]), atol=1e-5)
+
+
+def test_a_static_cache_keeps_its_shapes_and_says_which_slots_each_token_sees():
+    config = tiny_config()
+    cache = KVCache(config, 1, 8, "cpu", static=True)
+    k = torch.ones(1, config.n_kv_head, 3, config.head_dim)
+    keys, values, visible = cache.update(0, k, 2 * k)
+    assert keys.shape == values.shape == (1, config.n_kv_head, 8, config.head_dim)  # every slot, always
+    assert visible.tolist() == [[j <= i for j in range(8)] for i in range(3)]  # causal, unwritten hidden
+    cache.advance(3)
+    _, _, visible = cache.update(0, k[:, :, :1], k[:, :, :1])
+    assert visible.tolist() == [[j <= 3 for j in range(8)]]
+    assert torch.equal(values[:, :, :3], 2 * k)  # written where the positions said
+    rows = cache.repeat(2)
+    rows.advance(1)
+    assert (rows.pos, cache.pos, rows.keys[0].shape[0]) == (4, 3, 2)  # a copy: advancing it leaves this one
+
+
+def test_a_full_growing_cache_is_refused():
+    config = tiny_config()
+    cache = KVCache(config, 1, 4, "cpu")
+    with pytest.raises(ValueError, match="KV cache full"):
+        tiny_model(config)(torch.zeros(1, 5, dtype=torch.long), kv_cache=cache)
 
 
 def test_sequence_longer_than_the_model_is_refused():

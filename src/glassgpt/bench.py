@@ -141,7 +141,8 @@ def _timed_decode(config: GPTConfig, device, tokens: int, use_cache: bool, promp
     engine = Engine(model, compile=compiled)
     prompt = torch.randint(0, config.vocab_size, (prompt_len,)).tolist()
     started = time.perf_counter()
-    for _ in engine.generate(prompt, 8, temperature=0, use_cache=use_cache):  # warm up (and compile)
+    # Warm up; compiled, a whole generation, which compiles every graph (one per span of the cache).
+    for _ in engine.generate(prompt, tokens if compiled else 8, temperature=0, use_cache=use_cache):
         pass
     synchronize(device)
     warm_up = time.perf_counter() - started

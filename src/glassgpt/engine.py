@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from glassgpt.errors import GlassError
 from glassgpt.model.gpt import GPT, KVCache
 from glassgpt.tokenizer import Tokenizer
 
@@ -104,14 +105,40 @@ class Engine:
         self.autocast = contextlib.nullcontext if self.device.type == "cpu" else autocast
         # A learner's GPT may have no KV cache: then every token re-runs the context.
         self.cacheable = "kv_cache" in inspect.signature(model.forward).parameters
-        # compile=True runs the decode steps (one token per row, over the cache) through
-        # torch.compile: the same model code, its small operations fused, so a step pays the Python
-        # and dispatch cost of a few kernels instead of a few hundred operations. Compiling takes
-        # ~10 s on a CPU, paid at the first decode step; on this project's 2-core CPU the compiled
-        # steps were slower (426 against 516 tok/s at depth 4), so it is off by default: a choice
-        # for GPUs and bigger models (`glassgpt bench --compile` shows both sides). Prefills run eagerly.
+        # compile=True runs the decode steps (one token per row) through torch.compile over a
+        # static KV cache (see compile_decode_step): the same model code, its small operations fused
+        # into a few kernels launched from C++. One graph per span of the cache (static_span): on a
+        # CPU each takes 5-10 s to compile the first time (torch keeps them on disk, so later runs
+        # start faster), paid where a generation first needs it, or all at once by `compile_now`.
+        # Then at depth 4 on this project's 2-core CPU a token took about 0.85 ms instead of 1.7 ms
+        # (benchmarks/decode_vs_nanochat.py --compile). Off by default because of that wait:
+        # `glassgpt chat --compile` turns it on. Prefills run eagerly.
         self.compile = compile and self.cacheable
         self._compiled_model = None
+
+    @torch.inference_mode()
+    def compile_now(self, on_graph=None) -> int:
+        """With compile=True, compile the decode step for every span of the cache now rather than in
+        the middle of a generation; returns the number of graphs. on_graph(i, n) after each."""
+        if not self.compile:
+            return 0
+        model, config = self.model, self.model.config
+        first_context = {}  # span → the shortest context whose decode step reads that span
+        for length in range(2, config.sequence_len + 1):
+            first_context.setdefault(static_span(length, config.sequence_len), length)
+        was_training = model.training
+        model.eval()
+        try:
+            for index, length in enumerate(first_context.values()):
+                cache = KVCache(config, 1, config.sequence_len, self.device, self._cache_dtype(), static=True)
+                ids = torch.zeros(1, length - 1, dtype=torch.long, device=self.device)
+                self._forward(ids, cache, length - 1)  # the prefill (eager)
+                self._forward(ids[:, :1], cache, length)  # one decode step: compiles this span's graph
+                if on_graph:
+                    on_graph(index + 1, len(first_context))
+        finally:
+            model.train(was_training)
+        return len(first_context)
 
     def generate(self, prompt: list[int], max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
@@ -147,9 +174,9 @@ class Engine:
         length = len(prompt)
         cache = None
         if use_cache and self.cacheable:
-            cache = KVCache(config, 1, config.sequence_len, self.device, self._cache_dtype())
+            cache = KVCache(config, 1, config.sequence_len, self.device, self._cache_dtype(), static=self.compile)
         try:
-            logits = self._forward(tokens[:1, :length], cache)  # (1, V): one prefill for every row
+            logits = self._forward(tokens[:1, :length], cache, length)  # (1, V): one prefill for every row
             if n > 1:
                 cache = cache.repeat(n) if cache is not None else None
                 logits = logits.expand(n, -1)
@@ -191,12 +218,12 @@ class Engine:
                 tokens[:, length] = sampled if chosen is None else torch.tensor(chosen, device=self.device)
                 length += 1
                 if cache is None:
-                    logits = self._forward(tokens[:, :length], None)
+                    logits = self._forward(tokens[:, :length], None, length)
                 elif slid:  # the cache starts again from the kept half
                     cache.reset()
-                    logits = self._forward(tokens[:, :length], cache)
+                    logits = self._forward(tokens[:, :length], cache, length)
                 else:
-                    logits = self._forward(tokens[:, length - 1:length], cache)  # the decode step
+                    logits = self._forward(tokens[:, length - 1:length], cache, length)  # the decode step
         finally:
             model.train(was_training)
 
@@ -244,12 +271,23 @@ class Engine:
         result = calculate(self.tokenizer.decode(call))
         return [special["<|tool_result_start|>"], *self.tokenizer.encode(result.text), special["<|tool_result_end|>"]]
 
-    def _forward(self, ids: torch.Tensor, cache: KVCache | None) -> torch.Tensor:
+    def _forward(self, ids: torch.Tensor, cache: KVCache | None, length: int) -> torch.Tensor:
+        """The last position's logits (B, V) of running `ids`, the end of a `length`-token context."""
         model = self.model
+        if cache is not None and cache.static:
+            cache.span = static_span(length, cache.max_len)
         if self.compile and cache is not None and ids.shape[1] == 1:  # a decode step
             if self._compiled_model is None:
-                # dynamic: the cache length grows every step; one graph serves every length
-                self._compiled_model = torch.compile(self.model, dynamic=True)
+                self._compiled_model = compile_decode_step(self.model)
+                with self.autocast():
+                    try:  # the first call compiles: a failure there is the machine's, not a bug
+                        logits = self._compiled_model(ids, kv_cache=cache)
+                    except Exception as error:
+                        self.compile, self._compiled_model = False, None
+                        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                        raise GlassError(f"torch.compile could not compile the decode step ({first_line[:200]}); "
+                                         "run without --compile") from error
+                return logits[:, -1, :]
             model = self._compiled_model
         with self.autocast():
             logits = model(ids, kv_cache=cache) if cache is not None else model(ids)
@@ -260,6 +298,34 @@ class Engine:
             probe = torch.nn.functional.linear(torch.zeros(1, 1, device=self.device),
                                                torch.zeros(1, 1, device=self.device))
         return probe.dtype
+
+
+def static_span(length: int, max_len: int) -> int:
+    """How many slots of a static cache a step over a `length`-token context reads: the next power
+    of two (at least 64), so that attention reads about as much as the text holds while a
+    generation compiles at most log2(max_len / 64) + 1 graphs (4 for a 512-token context)."""
+    span = 64
+    while span < length:
+        span *= 2
+    return min(span, max_len)
+
+
+def compile_decode_step(model: GPT):
+    """`model` compiled for decode steps over a static KVCache.
+
+    The static cache keeps every shape fixed, so one graph serves every step (compiled again only
+    for a new number of rows). What a step costs beyond its kernels is then what pays or loses:
+    - on a CPU the wrapper that launches the kernels is compiled to C++ (cpp_wrapper), not Python;
+    - guards on the model's modules and parameters are skipped: checking ~100 of them before
+      every step costs about a tenth of a millisecond. Safe here because the Engine runs the model
+      in eval mode with the weights updated, if ever, in place; a module swapped for another
+      would not be seen (build a new Engine for that).
+    At depth 4 on this project's 2-core CPU a step fell from 1.8 ms (eager) to 0.8 ms.
+    """
+    options = {"guard_filter_fn": torch.compiler.skip_guard_on_all_nn_modules_unsafe}
+    if next(model.parameters()).device.type == "cpu":
+        options["cpp_wrapper"] = True
+    return torch.compile(model, dynamic=False, options=options)
 
 
 def _finish(row: _Row, event: Event, reason: str) -> None:

@@ -33,12 +33,12 @@ class Reply:
 class ChatModel:
     """A loaded run, ready to answer conversations."""
 
-    def __init__(self, run, autocast=contextlib.nullcontext):
+    def __init__(self, run, autocast=contextlib.nullcontext, compile: bool = False):
         missing = missing_chat_tokens(run.tokenizer)
         if missing:
             raise GlassError(f"run {run.name!r}'s tokenizer has no {', '.join(missing)}: it cannot chat")
         self.run, self.model, self.tokenizer = run, run.model, run.tokenizer
-        self.engine = Engine(run.model, autocast, run.tokenizer)
+        self.engine = Engine(run.model, autocast, run.tokenizer, compile=compile)
         self.context = run.model.config.sequence_len
         special = run.tokenizer.special_ids
         self.stop_ids = {special["<|assistant_end|>"], run.tokenizer.bos_id}

@@ -10,6 +10,7 @@ line read from it is one user message (so `echo "hi" | glassgpt chat --run x` wo
 from __future__ import annotations
 
 import sys
+import time
 from dataclasses import dataclass
 
 from rich.markup import escape
@@ -147,12 +148,19 @@ def run(args) -> int:
     out, notes = ui.console(), ui.err_console()
     device = devices.resolve_device(args.device)
     run = load_run(args.run, args.checkpoint, device)
-    chat = ChatModel(run)
+    chat = ChatModel(run, compile=args.compile)
     settings = Settings(args.temperature, args.top_k or None, args.max_tokens, args.system or "", args.seed)
     if not chat.is_chat_model:
         notes.print(f"[yellow]note[/]: run {args.run!r} is a base model (it was not trained on conversations), so "
                     f"its replies continue text rather than answer; train it further with: glassgpt train "
                     f"--stage mid --from {args.run} --run {args.run}-mid")
+    if args.compile:  # all at once, before the first reply, rather than pauses in the middle of replies
+        started = time.perf_counter()
+        with notes.status("compiling the decode step") as status:
+            graphs = chat.engine.compile_now(
+                lambda done, total: status.update(f"compiling the decode step: {done}/{total} graphs done"))
+        notes.print(f"[dim]compiled the decode step: {graphs} graph{'s' if graphs != 1 else ''} "
+                    f"in {time.perf_counter() - started:.0f}s[/]")
     conversation = Conversation(chat, settings, out, notes)
     if args.prompt is not None:
         if not args.prompt.strip():
@@ -164,6 +172,7 @@ def run(args) -> int:
         notes.print(f"[bold]chatting with {args.run}[/] (step {run.step}, {run.config['train'].get('stage', 'base')}, "
                     f"{sum(p.numel() for p in run.model.parameters()):,} parameters, context {chat.context} tokens); "
                     "/help for commands, /quit to leave")
+
         try:
             import readline  # noqa: F401 - line editing and history for input()
         except ImportError:

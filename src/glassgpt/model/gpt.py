@@ -113,14 +113,15 @@ class CausalSelfAttention(nn.Module):
             q = tap(names["q_norm"], self.q_norm(q))
             k = tap(names["k_norm"], self.k_norm(k))
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, H|Hkv, T, D)
-        offset = 0
+        visible = None  # which keys each query may see: causal unless a static cache says otherwise
         if kv_cache is not None:  # append this chunk's keys/values, attend over all so far
-            offset = kv_cache.pos
-            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, Hkv, offset + T, D)
-        if any(taps.wants(n) for n in self._explicit_names):
-            z = self._explicit_attention(q, k, v, offset)
+            k, v, visible = kv_cache.update(self.layer_idx, k, v)  # (B, Hkv, Tk, D); (T, Tk) or None
+        # One token over a static cache (a compiled decode step) also takes the explicit path: there
+        # the compiler fuses the mask and softmax into one small kernel, cheaper than SDPA's call.
+        if any(taps.wants(n) for n in self._explicit_names) or (visible is not None and T == 1):
+            z = self._explicit_attention(q, k, v, visible)
         else:
-            z = self._fast_attention(q, k, v, offset)
+            z = self._fast_attention(q, k, v, visible)
         z = tap(names["z"], z.transpose(1, 2))  # (B, T, H, D): each head's output
         out = self.c_proj(z.reshape(B, T, self.n_head * self.head_dim))  # heads concatenated (B, T, C)
         return tap(names["out"], F.dropout(out, self.dropout, self.training))
@@ -131,10 +132,10 @@ class CausalSelfAttention(nn.Module):
         key_pos = torch.arange(offset + T, device=device)[None, :]
         return key_pos <= query_pos
 
-    def _fast_attention(self, q, k, v, offset: int) -> torch.Tensor:
-        T = q.shape[2]
-        mask, is_causal = None, False
-        if self.causal and T > 1:  # one new token may see every cached key: no mask needed
+    def _fast_attention(self, q, k, v, visible: torch.Tensor | None = None) -> torch.Tensor:
+        T, offset = q.shape[2], k.shape[2] - q.shape[2]  # offset: keys before this chunk (a cache's)
+        mask, is_causal = visible, False
+        if mask is None and self.causal and T > 1:  # one new token may see every cached key: no mask
             if offset == 0:
                 is_causal = True
             else:
@@ -145,14 +146,14 @@ class CausalSelfAttention(nn.Module):
             enable_gqa=self.n_kv_head != self.n_head,
         )  # (B, H, T, D)
 
-    def _explicit_attention(self, q, k, v, offset: int) -> torch.Tensor:
+    def _explicit_attention(self, q, k, v, visible: torch.Tensor | None = None) -> torch.Tensor:
         names, T = self.names, q.shape[2]
         group = self.n_head // self.n_kv_head
         k = tap(names["k_rep"], k.repeat_interleave(group, dim=1))  # (B, H, Tk, D)
         v = tap(names["v_rep"], v.repeat_interleave(group, dim=1))  # (B, H, Tk, D)
         scores = tap(names["scores"], (q @ k.transpose(-2, -1)) * self.scale)  # (B, H, T, Tk)
-        if self.causal:
-            allowed = self._causal_mask(T, offset, q.device)
+        if self.causal or visible is not None:
+            allowed = visible if visible is not None else self._causal_mask(T, k.shape[2] - T, q.device)
             scores = tap(names["scores_masked"], scores.masked_fill(~allowed, float("-inf")))
         pattern = tap(names["pattern"], scores.softmax(dim=-1))  # (B, H, T, Tk), rows sum to 1
         pattern = F.dropout(pattern, self.dropout, self.training)
@@ -405,18 +406,20 @@ class GPT(nn.Module):
         batch has none, as in a chat batch whose positions are all masked).
         """
         B, T = idx.shape
-        offset = kv_cache.pos if kv_cache is not None else 0
-        if offset + T > self.config.sequence_len:
+        # The positions of these T tokens: 0..T-1, or after what a cache holds. A static cache gives
+        # them as a tensor, so that one compiled decode step serves every position.
+        positions = kv_cache.positions(T) if kv_cache is not None else slice(0, T)
+        if isinstance(positions, slice) and positions.stop > self.config.sequence_len:
             raise ValueError(
-                f"sequence of {offset + T} tokens exceeds the model's sequence_len {self.config.sequence_len}"
+                f"sequence of {positions.stop} tokens exceeds the model's sequence_len {self.config.sequence_len}"
             )
         x = tap("embed.tok", self.wte(idx))  # (B, T, C)
         if self.wpe is not None:
-            x = x + tap("embed.pos", self.wpe.weight[offset:offset + T])  # (T, C) broadcast over B
+            x = x + tap("embed.pos", self.wpe.weight[positions])  # (T, C) broadcast over B
         x = F.dropout(x, self.config.dropout, self.training)
         if self.embed_norm is not None:
             x = tap("embed.norm", self.embed_norm(x))
-        cos, sin = self.rotary_cos[offset:offset + T], self.rotary_sin[offset:offset + T]  # (T, D/2)
+        cos, sin = self.rotary_cos[positions], self.rotary_sin[positions]  # (T, D/2)
         for block in self.blocks:
             x = block(x, cos, sin, kv_cache)
         if kv_cache is not None:
@@ -464,32 +467,82 @@ class KVCache:
     Generation runs a prefill (the prompt, many tokens) then one-token decode steps; each layer
     writes its new keys/values at [pos, pos + T) and attends over [0, pos + T). `GPT.forward`
     advances `pos` once all layers have written.
+
+    static=True keeps the same numbers in a form with fixed shapes, for a compiled decode step
+    (Engine(compile=True)): the write position is a tensor, and attention always reads all
+    `max_len` slots with a mask that hides the ones not yet written. A graph compiled for one step
+    then serves every step, with no recompiling and no Python-side bookkeeping in between.
     """
 
-    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype=torch.float32):
+    def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype=torch.float32,
+                 static: bool = False):
         shape = (config.n_layer, batch_size, config.n_kv_head, max_len, config.head_dim)
-        self.keys = torch.empty(shape, device=device, dtype=dtype)  # (L, B, Hkv, max_len, D)
-        self.values = torch.empty(shape, device=device, dtype=dtype)
-        self.max_len, self.pos = max_len, 0
+        self.max_len, self.static, self._pos = max_len, static, 0
+        if not static:
+            self.keys = torch.empty(shape, device=device, dtype=dtype)  # (L, B, Hkv, max_len, D)
+            self.values = torch.empty(shape, device=device, dtype=dtype)
+            return
+        # One tensor per layer, not views of one: a compiled step that writes into a view copies
+        # the whole tensor behind it. Zeros, not empty: an unwritten slot gets attention weight 0,
+        # and 0 x NaN (left in uninitialised memory) would still be NaN.
+        self.keys = [torch.zeros(shape[1:], device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.values = [torch.zeros(shape[1:], device=device, dtype=dtype) for _ in range(config.n_layer)]
+        self.position = torch.zeros((), dtype=torch.long, device=device)  # where the next token goes
+        self.slots = torch.arange(max_len, device=device)  # (max_len,)
+        # How many slots attention reads. Whoever drives the cache may lower it while the text is
+        # short (it must stay above pos + T): less to read per step, at one compiled graph per value.
+        self.span = max_len
+
+    @property
+    def pos(self) -> int:
+        """How many tokens the cache holds (a static cache reads its tensor: not in a compiled step)."""
+        return int(self.position) if self.static else self._pos
+
+    def positions(self, T: int):
+        """Where the next T tokens go: a slice, or for a static cache a (T,) tensor."""
+        if self.static:
+            return self.position + self.slots[:T]  # (T,)
+        if self._pos + T > self.max_len:
+            raise ValueError(f"KV cache full: {self._pos + T} tokens > max_len {self.max_len}")
+        return slice(self._pos, self._pos + T)
 
     def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        end = self.pos + k.shape[2]
-        if end > self.max_len:
-            raise ValueError(f"KV cache full: {end} tokens > max_len {self.max_len}")
-        self.keys[layer, :, :, self.pos:end] = k
-        self.values[layer, :, :, self.pos:end] = v
-        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+        """Write k, v (B, Hkv, T, D) after what the cache holds; return every key and value to
+        attend over, and which of them each new token may see (None: causal, from the shapes)."""
+        T = k.shape[2]
+        where = self.positions(T)
+        if not self.static:
+            self.keys[layer, :, :, where] = k
+            self.values[layer, :, :, where] = v
+            return self.keys[layer, :, :, :where.stop], self.values[layer, :, :, :where.stop], None
+        keys, values = self.keys[layer], self.values[layer]  # (B, Hkv, max_len, D) each
+        keys[:, :, where] = k
+        values[:, :, where] = v
+        span = self.span
+        visible = self.slots[None, :span] <= where[:, None]  # (T, span): written, and not in the future
+        return keys[:, :, :span], values[:, :, :span], visible
 
     def advance(self, n: int) -> None:
-        self.pos += n
+        if self.static:
+            self.position += n  # in place: a compiled step updates the cache it was given
+        else:
+            self._pos += n
 
     def repeat(self, n: int) -> "KVCache":
         """A cache of n rows, each a copy of this one-row cache: one prefill of a prompt serves n
         generations from it."""
         copy = object.__new__(KVCache)
-        copy.keys, copy.values = self.keys.repeat(1, n, 1, 1, 1), self.values.repeat(1, n, 1, 1, 1)
-        copy.max_len, copy.pos = self.max_len, self.pos
+        copy.__dict__.update(self.__dict__)
+        if self.static:
+            copy.keys = [k.repeat(n, 1, 1, 1) for k in self.keys]
+            copy.values = [v.repeat(n, 1, 1, 1) for v in self.values]
+            copy.position = self.position.clone()
+        else:
+            copy.keys, copy.values = self.keys.repeat(1, n, 1, 1, 1), self.values.repeat(1, n, 1, 1, 1)
         return copy
 
     def reset(self) -> None:
-        self.pos = 0
+        if self.static:
+            self.position.zero_()
+        else:
+            self._pos = 0
