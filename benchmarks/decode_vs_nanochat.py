@@ -157,6 +157,11 @@ def main() -> int:
     for name, values in rates.items():
         median = statistics.median(values)
         print(f"{name:<40} {median:>14,.0f} {min(values):>7,.0f} {max(values):>7,.0f}   {reference / median:5.2f}x")
+    nanochat_best = max((statistics.median(v) for n, v in rates.items() if n.startswith("nanochat")), default=None)
+    if nanochat_best:
+        for name in [n for n in rates if n.startswith("glassgpt Engine")]:
+            print(f"{name}: {statistics.median(rates[name]) / nanochat_best:.2f}x nanochat's Engine "
+                  "(its faster thread setting)")
     print(f"load average {load[0]:.2f} at the start, {os.getloadavg()[0]:.2f} at the end "
           f"({os.cpu_count()} CPUs); rounds interleaved: {args.rounds}")
     return 0
