@@ -432,7 +432,7 @@ def _add_chat(commands) -> None:
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the decode step before the first reply: about 2x the tokens per "
-                             "second, after 5-10 s per graph (4 graphs for a 512-token context; faster once "
+                             "second, after about 10 s per graph the first time (4 graphs for a 512-token context; seconds once "
                              "torch's compile cache has them). On a CPU it needs a C++ compiler")
     parser.set_defaults(handler=_run_chat)
     sub = parser.add_subparsers(title="subcommands", metavar="<subcommand>")

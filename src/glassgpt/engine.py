@@ -108,7 +108,7 @@ class Engine:
         # compile=True runs the decode steps (one token per row) through torch.compile over a
         # static KV cache (see compile_decode_step): the same model code, its small operations fused
         # into a few kernels launched from C++. One graph per span of the cache (static_span): on a
-        # CPU each takes 5-10 s to compile the first time (torch keeps them on disk, so later runs
+        # CPU each takes about 10 s to compile the first time (torch keeps them on disk, so later runs
         # start faster), paid where a generation first needs it, or all at once by `compile_now`.
         # Then at depth 4 on this project's 2-core CPU a token took about 0.85 ms instead of 1.7 ms
         # (benchmarks/decode_vs_nanochat.py --compile). Off by default because of that wait:
