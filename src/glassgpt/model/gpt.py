@@ -469,9 +469,10 @@ class KVCache:
     advances `pos` once all layers have written.
 
     static=True keeps the same numbers in a form with fixed shapes, for a compiled decode step
-    (Engine(compile=True)): the write position is a tensor, and attention always reads all
-    `max_len` slots with a mask that hides the ones not yet written. A graph compiled for one step
-    then serves every step, with no recompiling and no Python-side bookkeeping in between.
+    (Engine(compile=True)): the write position is a tensor, and attention reads a fixed number of
+    slots (`span`, all `max_len` unless lowered) with a mask that hides the ones not yet written.
+    A graph compiled for one step then serves every step of that span, with no recompiling and no
+    Python-side bookkeeping in between.
     """
 
     def __init__(self, config: GPTConfig, batch_size: int, max_len: int, device, dtype=torch.float32,
