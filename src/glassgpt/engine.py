@@ -279,16 +279,14 @@ class Engine:
         if self.compile and cache is not None and ids.shape[1] == 1:  # a decode step
             if self._compiled_model is None:
                 self._compiled_model = compile_decode_step(self.model)
+            try:  # a call on a new span (or number of rows) compiles: that can fail on this machine
                 with self.autocast():
-                    try:  # the first call compiles: a failure there is the machine's, not a bug
-                        logits = self._compiled_model(ids, kv_cache=cache)
-                    except Exception as error:
-                        self.compile, self._compiled_model = False, None
-                        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-                        raise GlassError(f"torch.compile could not compile the decode step ({first_line[:200]}); "
-                                         "run without --compile") from error
-                return logits[:, -1, :]
-            model = self._compiled_model
+                    logits = self._compiled_model(ids, kv_cache=cache)
+            except _compiler_failures() as error:
+                first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                raise GlassError(f"torch.compile could not compile the decode step ({first_line[:200]}); "
+                                 "run without --compile") from error
+            return logits[:, -1, :]
         with self.autocast():
             logits = model(ids, kv_cache=cache) if cache is not None else model(ids)
         return logits[:, -1, :]  # (B, V): only the last position samples
@@ -308,6 +306,14 @@ def static_span(length: int, max_len: int) -> int:
     while span < length:
         span *= 2
     return min(span, max_len)
+
+
+def _compiler_failures() -> tuple[type[BaseException], ...]:
+    """What torch.compile raises when it cannot build a graph (no C++ compiler, a compiler error).
+    Looked up only when a call has failed, so that a run without --compile never imports it."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    return (BackendCompilerFailed,)
 
 
 def compile_decode_step(model: GPT):

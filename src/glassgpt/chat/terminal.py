@@ -172,7 +172,6 @@ def run(args) -> int:
         notes.print(f"[bold]chatting with {args.run}[/] (step {run.step}, {run.config['train'].get('stage', 'base')}, "
                     f"{sum(p.numel() for p in run.model.parameters()):,} parameters, context {chat.context} tokens); "
                     "/help for commands, /quit to leave")
-
         try:
             import readline  # noqa: F401 - line editing and history for input()
         except ImportError:
