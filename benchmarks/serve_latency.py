@@ -10,6 +10,7 @@ a base model may end a reply earlier, so tokens are counted from the server's `u
     python benchmarks/serve_latency.py --run quickstart
     python benchmarks/serve_latency.py --tiny                    # trains a 20-step run in a temporary cache first
     python benchmarks/serve_latency.py --run quickstart --concurrency 1,2,8 --max-tokens 64 --workers 2
+    python benchmarks/serve_latency.py --tiny --compile          # the server compiles its decode step first
 """
 
 from __future__ import annotations
@@ -42,6 +43,8 @@ def main() -> int:
     parser.add_argument("--concurrency", default="1,4,16", help="clients at once, comma-separated (default 1,4,16)")
     parser.add_argument("--workers", type=int, default=1, help="the server's --workers (default 1)")
     parser.add_argument("--prompt", default="What is 37 + 48?")
+    parser.add_argument("--compile", action="store_true",
+                        help="the server's --compile (its compile time is not counted: it compiles before it is ready)")
     args = parser.parse_args()
     levels = [int(level) for level in args.concurrency.split(",")]
 
@@ -58,7 +61,7 @@ def main() -> int:
                 return trained.returncode
         server = subprocess.Popen([sys.executable, "-m", "glassgpt", "serve", "--run", args.run, "--port", "0",
                                    "--workers", str(args.workers), "--queue", str(max(levels) * 2),
-                                   "--max-tokens", str(args.max_tokens)],
+                                   "--max-tokens", str(args.max_tokens), *(["--compile"] if args.compile else [])],
                                   env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             ready = server.stdout.readline()
@@ -69,7 +72,8 @@ def main() -> int:
             url = found.group(1)
             info = httpx.get(f"{url}/v1/models").json()["data"][0]["glassgpt"]
             print(f"glassgpt serve, run {args.run} (step {info['step']}, {info['parameters']:,} parameters, context "
-                  f"{info['context']}): {args.workers} worker(s), max_tokens {args.max_tokens}, {os.cpu_count()} CPUs")
+                  f"{info['context']}): {args.workers} worker(s), max_tokens {args.max_tokens}, {os.cpu_count()} CPUs"
+                  + (", compiled decode step" if args.compile else ""))
             asyncio.run(measure(url, args, levels))
         finally:
             server.terminate()

@@ -403,6 +403,34 @@ def test_a_bug_is_a_generic_500_without_its_details(tokenizer_512):
         assert health(server)["running"] == 0
 
 
+@pytest.mark.slow  # compiles the decode step (~15 s on a fresh machine)
+def test_compiled_decode_steps_serve_concurrent_requests_with_the_replies_of_the_eager_engine(tokenizer_512):
+    model = tiny_model(tiny_config(vocab_size=tokenizer_512.vocab_size, sequence_len=64)).eval()
+    eager = make_chat(tokenizer_512, model)
+    compiled = make_chat(tokenizer_512, model, cls=lambda run: ChatModel(run, compile=True))
+    assert compiled.engine.compile_now() == 1  # before serving, as `glassgpt serve --compile` does
+    asks = [_body(max_tokens=12, seed=seed, temperature=0.9) for seed in (1, 2, 3)] + [
+        _body(max_tokens=6, seed=4, temperature=0.9, n=2)]  # two rows: decoded eagerly
+
+    def texts(response) -> list[str]:
+        assert response.status_code == 200, response.text
+        return [choice["message"]["content"] for choice in response.json()["choices"]]
+
+    with serve(eager, workers=1) as server:
+        expected = [texts(httpx.post(f"{server.url}/v1/chat/completions", json=ask, timeout=30)) for ask in asks]
+    results: dict[int, list[str]] = {}
+    with serve(compiled, workers=2, queue=4) as server:
+        def ask(index: int) -> None:
+            results[index] = texts(httpx.post(f"{server.url}/v1/chat/completions", json=asks[index], timeout=60))
+
+        threads = [threading.Thread(target=ask, args=(index,)) for index in range(len(asks))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+    assert [results.get(index) for index in range(len(asks))] == expected
+
+
 # -- the queue: bounded, 503 when full, freed by clients that leave ---------------------------------------
 
 def test_a_full_queue_answers_503_with_retry_after_and_the_queued_replies_still_finish(tokenizer_512):
@@ -542,6 +570,21 @@ def test_the_command_serves_a_trained_run_on_127_0_0_1_and_stops_cleanly(trained
         process.kill()
     assert process.returncode == 0, err
     assert "Traceback" not in err and err.strip().endswith("stopped")
+
+
+@pytest.mark.slow  # compiles the decode step
+def test_the_command_compiles_the_decode_step_before_it_serves(trained_home):
+    process, url = start_cli_server(trained_home, "--compile")  # the ready line comes after compiling
+    try:
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=30)
+        reply = client.chat.completions.create(model="tiny", messages=HELLO, max_tokens=4)
+        assert reply.usage.completion_tokens >= 1
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=20)
+    finally:
+        process.kill()
+    assert process.returncode == 0, err
+    assert re.search(r"compiling the decode step …\ncompiled the decode step: 1 graph in \d+s\n", err), err
 
 
 def test_the_default_host_is_this_machine_only():

@@ -418,6 +418,11 @@ examples:
 """
 
 
+COMPILE_DECODE_HELP = ("torch.compile the decode step before the first reply: about 2x the tokens per second, after "
+                       "about 10 s per graph the first time (4 graphs for a 512-token context; seconds once torch's "
+                       "compile cache has them). On a CPU it needs a C++ compiler")
+
+
 def _add_chat(commands) -> None:
     parser = _sub(commands, "chat", "talk to a trained run (streaming, tools, history); chat render: see conversations "
                   "as the model does", CHAT_DESCRIPTION)
@@ -430,10 +435,7 @@ def _add_chat(commands) -> None:
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="random seed, for repeatable replies")
     parser.add_argument("--checkpoint", type=int, default=None, metavar="STEP", help="use this step's checkpoint (default: newest)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the decode step before the first reply: about 2x the tokens per "
-                             "second, after about 10 s per graph the first time (4 graphs for a 512-token context; seconds once "
-                             "torch's compile cache has them). On a CPU it needs a C++ compiler")
+    parser.add_argument("--compile", action="store_true", help=COMPILE_DECODE_HELP)
     parser.set_defaults(handler=_run_chat)
     sub = parser.add_subparsers(title="subcommands", metavar="<subcommand>")
     render = _sub(sub, "render", "show conversations token by token, with the loss mask", CHAT_RENDER_DESCRIPTION)
@@ -536,6 +538,9 @@ def _add_serve(commands) -> None:
                         help="the longest reply a request may ask for, and the default (default 256, as glassgpt chat)")
     parser.add_argument("--checkpoint", type=int, default=None, metavar="STEP", help="use this step's checkpoint (default: newest)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--compile", action="store_true",
+                        help=COMPILE_DECODE_HELP.replace("before the first reply", "before serving") + "; replies "
+                             "asking for n > 1 choices decode eagerly")
     parser.set_defaults(handler=_run_serve)
 
 

@@ -112,7 +112,8 @@ class Engine:
         # start faster), paid where a generation first needs it, or all at once by `compile_now`.
         # Then at depth 4 on this project's 2-core CPU a token took about 0.85 ms instead of 1.7 ms
         # (benchmarks/decode_vs_nanochat.py --compile). Off by default because of that wait:
-        # `glassgpt chat --compile` turns it on. Prefills run eagerly.
+        # `glassgpt chat --compile` and `glassgpt serve --compile` turn it on. Prefills, and
+        # generations of several rows at once, run eagerly.
         self.compile = compile and self.cacheable
         self._compiled_model = None
 
@@ -174,7 +175,10 @@ class Engine:
         length = len(prompt)
         cache = None
         if use_cache and self.cacheable:
-            cache = KVCache(config, 1, config.sequence_len, self.device, self._cache_dtype(), static=self.compile)
+            # Compiled steps serve one row (a chat reply); several rows decode eagerly, so that no
+            # graph is ever compiled after compile_now, e.g. in a server's worker thread.
+            cache = KVCache(config, 1, config.sequence_len, self.device, self._cache_dtype(),
+                            static=self.compile and n == 1)
         try:
             logits = self._forward(tokens[:1, :length], cache, length)  # (1, V): one prefill for every row
             if n > 1:
@@ -276,7 +280,7 @@ class Engine:
         model = self.model
         if cache is not None and cache.static:
             cache.span = static_span(length, cache.max_len)
-        if self.compile and cache is not None and ids.shape[1] == 1:  # a decode step
+        if self.compile and cache is not None and cache.static and ids.shape[1] == 1:  # a decode step
             if self._compiled_model is None:
                 self._compiled_model = compile_decode_step(self.model)
             try:  # a call on a new span (or number of rows) compiles: that can fail on this machine

@@ -146,7 +146,13 @@ def run(args) -> int:
         if device.type == "cpu" and args.workers > 1:
             # Workers share the cores: give each its part instead of all of them fighting for all.
             torch.set_num_threads(max(1, torch.get_num_threads() // args.workers))
-        chat = ChatModel(run_)
+        chat = ChatModel(run_, compile=args.compile)
+        if args.compile:  # now, on this thread: the workers then only run the graphs
+            started = time.perf_counter()
+            print("compiling the decode step …", file=sys.stderr, flush=True)
+            graphs = chat.engine.compile_now()
+            print(f"compiled the decode step: {graphs} graph{'s' if graphs != 1 else ''} in "
+                  f"{time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
         app = create_app(chat, ServeSettings(args.workers, args.queue, args.max_tokens or DEFAULT_MAX_TOKENS))
     except BaseException:
         sock.close()
