@@ -249,7 +249,14 @@ def setup(device: str = "auto", dtype: str = "auto") -> Runtime:
 
 def teardown(runtime: Runtime) -> None:
     if runtime.distributed:
+        import gc
+
         import torch.distributed as dist
 
+        # A DDP wrapper sits in reference cycles, so it may outlive the run until the interpreter
+        # shuts down; its gloo work objects dying then can abort the process (seen once: SIGABRT,
+        # "terminate called without an active exception", after a finished run). Collect it now,
+        # while the interpreter and the group are alive.
+        gc.collect()
         if dist.is_initialized():
             dist.destroy_process_group()
