@@ -52,6 +52,17 @@ def test_the_reply_is_what_the_session_generates_for_the_same_conversation(tiny,
     assert reply.text.strip() and printed.strip() == reply.text.strip()
 
 
+def test_an_empty_prompt_is_refused_before_anything_compiles(tiny, capsys, monkeypatch):
+    from glassgpt.engine import Engine
+
+    def must_not_compile(self, on_graph=None):
+        raise AssertionError("compiled before the usage check")
+
+    monkeypatch.setattr(Engine, "compile_now", must_not_compile)
+    assert chat("-p", "   ", "--compile") == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: -p is empty: give the message to reply to"
+
+
 @pytest.mark.slow  # compiling the decode step takes ~15 s
 def test_a_compiled_decode_step_gives_the_same_reply(tiny, capsys):
     assert chat("-p", "hi", "--temperature", "0") == 0

@@ -154,6 +154,8 @@ def run(args) -> int:
         notes.print(f"[yellow]note[/]: run {args.run!r} is a base model (it was not trained on conversations), so "
                     f"its replies continue text rather than answer; train it further with: glassgpt train "
                     f"--stage mid --from {args.run} --run {args.run}-mid")
+    if args.prompt is not None and not args.prompt.strip():  # before a compile makes the mistake wait
+        raise UsageError("-p is empty: give the message to reply to")
     if args.compile:  # all at once, before the first reply, rather than pauses in the middle of replies
         started = time.perf_counter()
         with notes.status("compiling the decode step") as status:
@@ -163,8 +165,6 @@ def run(args) -> int:
                     f"in {time.perf_counter() - started:.0f}s[/]")
     conversation = Conversation(chat, settings, out, notes)
     if args.prompt is not None:
-        if not args.prompt.strip():
-            raise UsageError("-p is empty: give the message to reply to")
         conversation.say(args.prompt)
         return 0
     interactive = sys.stdin.isatty()
