@@ -9,6 +9,21 @@ from conftest import tiny_config, tiny_model
 from glassgpt.engine import Engine, TextStream, complete, sample_next
 
 
+@pytest.fixture
+def sampled_logits(monkeypatch) -> list[torch.Tensor]:
+    """Every logits tensor the engine samples from, in order (a copy of each)."""
+    import glassgpt.engine as engine_module
+
+    recorded, real_sample_next = [], engine_module.sample_next
+
+    def recording_sample_next(logits, *args, **kwargs):
+        recorded.append(logits.clone())
+        return real_sample_next(logits, *args, **kwargs)
+
+    monkeypatch.setattr(engine_module, "sample_next", recording_sample_next)
+    return recorded
+
+
 def test_temperature_zero_is_greedy():
     logits = torch.tensor([[0.1, 3.0, -1.0], [2.0, 0.0, 1.9]])
     assert sample_next(logits, temperature=0).tolist() == [1, 0]
@@ -202,26 +217,16 @@ def test_no_new_tokens_asked_means_no_events():
     assert list(engine.stream([1, 2, 3], 2, max_new_tokens=0)) == []
 
 
-def test_the_engine_samples_from_the_logits_of_a_full_forward(monkeypatch):
+def test_the_engine_samples_from_the_logits_of_a_full_forward(sampled_logits):
     """The prefill/decode split over the KV cache is a speed trick only: at every step, including
     after the window slid, the logits the engine samples from are those of the reference model
     run on the whole context (fp32, 1e-5)."""
-    import glassgpt.engine as engine_module
-
     model = tiny_model(tiny_config(sequence_len=16)).eval()
-    seen = []
-    real_sample_next = engine_module.sample_next
-
-    def recording_sample_next(logits, *args, **kwargs):
-        seen.append(logits.clone())
-        return real_sample_next(logits, *args, **kwargs)
-
-    monkeypatch.setattr(engine_module, "sample_next", recording_sample_next)
     prompt = [5, 6, 7, 8, 9]
     tokens = list(Engine(model).generate(prompt, 30, temperature=0.9, seed=4))
-    assert len(seen) == 30
+    assert len(sampled_logits) == 30
     context = list(prompt)
-    for step, (logits, token) in enumerate(zip(seen, tokens)):
+    for step, (logits, token) in enumerate(zip(sampled_logits, tokens)):
         full = model(torch.tensor([context]))[:, -1]  # (1, V): the whole context, no cache
         assert torch.allclose(logits, full, atol=1e-5), f"step {step}"
         context.append(token)
@@ -230,29 +235,19 @@ def test_the_engine_samples_from_the_logits_of_a_full_forward(monkeypatch):
 
 
 @pytest.mark.slow  # compiling takes ~15 s on a fresh machine
-def test_a_compiled_decode_step_samples_from_the_logits_of_a_full_forward(monkeypatch):
+def test_a_compiled_decode_step_samples_from_the_logits_of_a_full_forward(sampled_logits):
     """Engine(compile=True): a static KV cache and torch.compile'd decode steps. The same logits as
     the reference model on the whole context (fp32, 1e-5) at every step, across window slides;
     the same tokens as the eager engine; and weights changed in place are seen without compiling
     again (the compiled step reads the parameters, it does not freeze them)."""
-    import glassgpt.engine as engine_module
-
     model = tiny_model(tiny_config(sequence_len=16)).eval()
-    seen = []
-    real_sample_next = engine_module.sample_next
-
-    def recording_sample_next(logits, *args, **kwargs):
-        seen.append(logits.clone())
-        return real_sample_next(logits, *args, **kwargs)
-
-    monkeypatch.setattr(engine_module, "sample_next", recording_sample_next)
     prompt = [5, 6, 7, 8, 9]
     compiled = Engine(model, compile=True)
     tokens = list(compiled.generate(prompt, 30, temperature=0.9, seed=4))
     assert compiled._compiled_model is not None, "the decode steps did not go through torch.compile"
     assert tokens == list(Engine(model).generate(prompt, 30, temperature=0.9, seed=4))
     context = list(prompt)
-    for step, (logits, token) in enumerate(zip(seen, tokens)):
+    for step, (logits, token) in enumerate(zip(sampled_logits, tokens)):
         full = model(torch.tensor([context]))[:, -1]  # (1, V)
         assert torch.allclose(logits, full, atol=1e-5), f"step {step}"
         context.append(token)
@@ -261,10 +256,10 @@ def test_a_compiled_decode_step_samples_from_the_logits_of_a_full_forward(monkey
 
     with torch.no_grad():
         model.blocks[0].mlp.c_fc.weight.mul_(3.0)  # as an optimiser would: in place
-    seen.clear()
+    sampled_logits.clear()
     after = list(compiled.generate(prompt, 6, temperature=0, seed=4))
     context = list(prompt)
-    for step, (logits, token) in enumerate(zip(seen, after)):
+    for step, (logits, token) in enumerate(zip(sampled_logits, after)):
         full = model(torch.tensor([context]))[:, -1]
         assert torch.allclose(logits, full, atol=1e-5), f"after the weights changed, step {step}"
         context.append(token)
@@ -300,7 +295,7 @@ def test_a_static_cache_reads_a_power_of_two_span_that_covers_the_context():
     assert all(static_span(n, 2048) >= n for n in range(1, 2049))
 
 
-def test_decode_steps_over_static_spans_sample_from_the_logits_of_a_full_forward(monkeypatch):
+def test_decode_steps_over_static_spans_sample_from_the_logits_of_a_full_forward(monkeypatch, sampled_logits):
     """The static cache and its spans, run eagerly (the compiler swapped for the model itself, so
     the test is quick): a 160-token context reads 64, then 128, then 160 slots, and every step's
     logits are the full forward pass's, across a window slide; compile_now visits every span."""
@@ -319,20 +314,12 @@ def test_decode_steps_over_static_spans_sample_from_the_logits_of_a_full_forward
     engine = Engine(model, compile=True)
     assert engine.compile_now() == 3 and list(dict.fromkeys(spans_seen)) == [64, 128, 160]
     spans_seen.clear()
-    seen = []
-    real_sample_next = engine_module.sample_next
-
-    def recording_sample_next(logits, *args, **kwargs):
-        seen.append(logits.clone())
-        return real_sample_next(logits, *args, **kwargs)
-
-    monkeypatch.setattr(engine_module, "sample_next", recording_sample_next)
     prompt = list(range(1, 41))
     tokens = list(engine.generate(prompt, 200, temperature=0.9, seed=2))
     assert set(spans_seen) == {64, 128, 160}
     assert tokens == list(Engine(model).generate(prompt, 200, temperature=0.9, seed=2))
     context = list(prompt)
-    for step, (logits, token) in enumerate(zip(seen, tokens)):
+    for step, (logits, token) in enumerate(zip(sampled_logits, tokens)):
         if step % 7 == 0 or len(context) in (63, 64, 65, 128, 129, 160):
             full = model(torch.tensor([context]))[:, -1]
             assert torch.allclose(logits, full, atol=1e-5), f"step {step}, context {len(context)}"
