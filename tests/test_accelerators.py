@@ -18,8 +18,8 @@ def settings(kind: str = "muon") -> OptimizerSettings:
 
 
 @pytest.mark.parametrize("kind, fused", [("cuda", True), ("mps", False), ("cpu", False)])
-def test_adamw_is_one_fused_kernel_on_cuda_and_multi_tensor_elsewhere(kind, fused):
-    assert devices.adamw_implementation(torch.device(kind)) == ({"fused": True} if fused else {"foreach": True})
+def test_adamw_is_torchs_fused_kernel_on_cuda_and_glassgpts_multi_tensor_one_elsewhere(kind, fused):
+    assert devices.uses_fused_adamw(torch.device(kind)) is fused
 
 
 @pytest.mark.parametrize("kind", ["muon", "adamw"])

@@ -203,11 +203,10 @@ def copies_through_pinned_memory(device: str | torch.device) -> bool:
     return torch.device(device).type == "cuda"
 
 
-def adamw_implementation(device: str | torch.device) -> dict:
-    """torch.optim.AdamW's keyword for `device`: one fused kernel per step on CUDA (fewest
-    launches, the fastest there; training uses it there, train/optim.py); `foreach` elsewhere,
-    the multi-tensor update that glassgpt's own AdamW also makes."""
-    return {"fused": True} if torch.device(device).type == "cuda" else {"foreach": True}
+def uses_fused_adamw(device: str | torch.device) -> bool:
+    """Whether training on `device` takes torch.optim.AdamW's fused kernel (one launch per step,
+    the fastest on CUDA) rather than glassgpt's own multi-tensor AdamW (train/optim.py)."""
+    return torch.device(device).type == "cuda"
 
 
 def synchronize(device: torch.device) -> None:

@@ -127,11 +127,11 @@ class Engine:
         first_context = {}  # span → the shortest context whose decode step reads that span
         for length in range(2, config.sequence_len + 1):
             first_context.setdefault(static_span(length, config.sequence_len), length)
-        was_training = model.training
+        was_training, cache_dtype = model.training, self._cache_dtype()
         model.eval()
         try:
             for index, length in enumerate(first_context.values()):
-                cache = KVCache(config, 1, config.sequence_len, self.device, self._cache_dtype(), static=True)
+                cache = KVCache(config, 1, config.sequence_len, self.device, cache_dtype, static=True)
                 ids = torch.zeros(1, length - 1, dtype=torch.long, device=self.device)
                 self._forward(ids, cache, length - 1)  # the prefill (eager)
                 self._forward(ids[:, :1], cache, length)  # one decode step: compiles this span's graph

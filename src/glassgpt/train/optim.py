@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from glassgpt.device import adamw_implementation
+from glassgpt.device import uses_fused_adamw
 from glassgpt.errors import UsageError
 from glassgpt.model.gpt import head_is_tied
 
@@ -242,7 +242,7 @@ def build_optimizers(model: torch.nn.Module, settings: OptimizerSettings) -> lis
 
 def _adamw(groups: list[dict], settings: OptimizerSettings) -> "AdamW | torch.optim.AdamW":
     device = groups[0]["params"][0].device
-    kind = AdamW if device.type != "cuda" else functools.partial(torch.optim.AdamW, **adamw_implementation(device))
+    kind = functools.partial(torch.optim.AdamW, fused=True) if uses_fused_adamw(device) else AdamW
     return _with_initial_lr(kind(groups, betas=(settings.beta1, settings.beta2), eps=1e-10))
 
 
