@@ -5,6 +5,8 @@ phases (device setup, data, model, evaluation, samples, training steps, checkpoi
 timers, and samples the resident memory (RSS) every 5 ms from a thread. Reported per phase: wall
 seconds, calls, the RSS when it ended and the highest RSS seen while it ran; then the process's
 peak RSS as the kernel counts it (VmHWM), and the fixed overhead: wall time minus training time.
+What happens before this script's first line and after `main` returns (the interpreter's start
+and exit) is not counted: `run_overhead.py` times a run from launch to exit.
 
     python benchmarks/run_profile.py                        # cpu-tiny, 20 steps, cache as it is
     python benchmarks/run_profile.py --fresh                # in an empty cache root: tokenizer and shards too
@@ -100,10 +102,8 @@ def main() -> int:
 
     phases = Phases()
     phases.sampler.start()
-    # The heavy imports one by one, in the order a run needs them. A run would import matplotlib
-    # later, when the loss curve is drawn: done here, its cost is shown apart.
-    imports = [("import torch", "torch"), ("import glassgpt (cli, training loop)", "glassgpt.train.loop"),
-               ("import matplotlib (by the plots)", "matplotlib.figure")]
+    # The heavy imports one by one, in the order a run needs them.
+    imports = [("import torch", "torch"), ("import glassgpt (cli, training loop)", "glassgpt.train.loop")]
     for name, module in imports:
         phases.open.append(name)
         started, peak_before = time.perf_counter(), peak_rss_mb()

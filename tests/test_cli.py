@@ -165,3 +165,36 @@ def test_an_output_path_that_is_a_folder_is_named_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err == f"error: cannot write {tmp_path}: it is a folder; give a file name\n"
     assert list(tmp_path.iterdir()) == []  # no temp file left behind
+
+
+EXIT_SCRIPT = """
+import atexit, pathlib, sys, threading, time
+import torch  # what makes the interpreter's teardown slow, and exit_quickly skip it
+from glassgpt.cli import exit_quickly
+
+out = pathlib.Path(sys.argv[1])
+atexit.register(lambda: (out / "atexit").write_text("ran"))
+if sys.argv[2] == "thread":  # a thread still writing when the command returns: a normal exit waits
+    threading.Thread(target=lambda: (time.sleep(0.3), (out / "thread").write_text("done"))).start()
+sys.stdout.write("unflushed output")  # no newline: still in the buffer when the process ends
+exit_quickly(3)
+"""
+
+
+@pytest.mark.parametrize("case", ["alone", "thread"])
+def test_a_quick_exit_keeps_the_exit_code_the_atexit_hooks_and_buffered_output(tmp_path, case):
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, str(tmp_path), case], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 3 and done.stdout == "unflushed output" and done.stderr == ""
+    assert (tmp_path / "atexit").read_text() == "ran"
+    if case == "thread":
+        assert (tmp_path / "thread").read_text() == "done"
+
+
+def test_python_m_glassgpt_ends_with_the_commands_exit_code_and_whole_output(glass_home):
+    done = run_cli("train", *TINY_TRAIN, "--run", "piped", "--max-steps", "2", "--eval-every", "0")
+    assert done.returncode == 0 and done.stdout.rstrip().splitlines()[-1].startswith("done: 2 steps")
+    assert run_cli("train", "--max-steps", "-1").returncode == 2

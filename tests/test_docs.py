@@ -116,8 +116,8 @@ def capped(argv: list[str]) -> list[str]:
         return _capped_flag(argv, "--max-steps", MAX_STEPS) if command == "speedrun" else argv
     if command == "experiment" and ("run" in argv or "all" in argv) and "--help" not in argv:
         return _capped_flag(argv, "--steps", MAX_STEPS)
-    trains = command in ("train", "quickstart") or any(a.endswith(("speedrun_shakespeare.py", "run_profile.py"))
-                                                       for a in argv)
+    training_scripts = ("speedrun_shakespeare.py", "run_profile.py", "run_overhead.py")
+    trains = command in ("train", "quickstart") or any(a.endswith(training_scripts) for a in argv)
     if not trains or "--help" in argv:
         return argv
     argv = list(argv)

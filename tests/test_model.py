@@ -352,6 +352,21 @@ def test_taps_cost_nothing_and_change_nothing_without_a_tracer():
     assert taps.active() is None
 
 
+def test_the_softcap_squashes_the_same_in_place_without_autograd_and_leaves_traced_raw_logits_raw():
+    model = tiny_model(tiny_config(softcap=0.5)).eval()  # a small cap: every logit is squashed
+    idx = torch.randint(0, 97, (2, 8))
+    with_autograd = model(idx)
+    with torch.no_grad():
+        without = model(idx)  # squashed in place
+        with taps.RecordingTracer("lm_head.*") as tracer:  # not attention internals: their path differs in bits
+            traced = model(idx)
+    with torch.inference_mode():
+        inference = model(idx)
+    assert torch.equal(with_autograd, without) and torch.equal(without, traced) and torch.equal(without, inference)
+    raw = tracer.tensors["lm_head.logits_raw"]
+    assert raw.abs().max() > 0.5 and torch.equal(traced, 0.5 * torch.tanh(raw / 0.5))
+
+
 def test_recording_tracer_sees_forward_and_gradients_in_order():
     model = tiny_model()
     idx = torch.randint(0, 97, (2, 8))

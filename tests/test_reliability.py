@@ -333,11 +333,11 @@ def test_leftovers_of_a_killed_writer_are_cleared_and_a_checkpoint_moved_aside_c
     (run / "checkpoints" / ".step-000006.old" / "state.json").write_text("{}")
     (run / ".config.json.xyz.tmp").write_text("{")
     (run / "plots").mkdir()
-    (run / "plots" / ".loss.png.q.tmp").write_bytes(b"")
+    (run / "plots" / ".loss.svg.q.tmp").write_bytes(b"")
     (run / ".lock").write_text("")
     removed = remove_leftovers(run)
     assert sorted(removed) == sorted([".step-000004.abc.tmp", ".step-000002.deleted.tmp", ".config.json.xyz.tmp",
-                                      ".loss.png.q.tmp"])
+                                      ".loss.svg.q.tmp"])
     assert (run / "checkpoints" / "step-000006" / "state.json").exists()
     assert leftovers(run) == [] and (run / ".lock").exists()
 

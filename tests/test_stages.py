@@ -54,7 +54,9 @@ def test_mid_then_sft_from_a_base_run_with_the_same_loop_and_run_files(base, gla
     assert all(r["val_bpb"] > 0 for r in rows if "val_loss" in r)
     assert all(0 < r["counted_tokens"] < 4 * 64 for r in rows if "loss" in r)  # masked tokens are not counted
     assert "step 4: val loss" in out
-    last = (mid / "samples.txt").read_text().split("=== step 4 ===\n")[1]
+    logged = (mid / "samples.txt").read_text()
+    assert "=== step 0 ===" in logged  # a stage starts from a trained model: its step-0 replies are worth reading
+    last = logged.split("=== step 4 ===\n")[1]
     for prompt in ("Who are you?", "What is 37 + 48?", "How many r are in strawberry?"):
         assert f"user: {prompt}\nassistant: " in last  # chat replies, not text continuations
     # the stage started from the base run's weights, not from a fresh initialisation

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from xml.etree import ElementTree
 
 import pytest
 import torch
@@ -15,6 +16,8 @@ from safetensors.torch import load_file
 
 from conftest import TINY_TRAIN, run_cli
 from glassgpt.cli import main
+
+SVG = "{http://www.w3.org/2000/svg}"
 
 
 def train(*args: str) -> int:
@@ -42,8 +45,11 @@ def test_training_writes_config_metrics_samples_plot_and_checkpoints(glass_home,
     assert len(optimizer_state["optimizers"]) == 2  # AdamW + Muon
     state = json.loads((final / "state.json").read_text())
     assert state["step"] == 6 and {"epoch", "position", "seed"} <= set(state["loader"]) and "torch" in state["rng"]
-    assert (run / "plots" / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "=== step 6 ===" in (run / "samples.txt").read_text()
+    chart = ElementTree.fromstring((run / "plots" / "loss.svg").read_text())
+    lines = {line.get("data-label"): line.get("points").split() for line in chart.iter(f"{SVG}polyline")}
+    assert {label: len(points) for label, points in lines.items()} == {"train": 6, "val": 3, "val bpb": 3}
+    logged = (run / "samples.txt").read_text()
+    assert "=== step 6 ===" in logged and "=== step 0 ===" not in logged  # an untrained model's samples are noise
     assert (run / "tokenizer.json").exists()
     out = capsys.readouterr().out
     assert "val bits/byte" in out and "done" in out
@@ -248,7 +254,7 @@ def test_resume_drops_samples_logged_after_the_checkpoint_and_keeps_the_dtype(gl
     (run / "config.json").write_text(json.dumps(saved))
     assert main(["train", "--run", "s", "--resume"]) == 0
     text = (run / "samples.txt").read_text()
-    assert [int(n) for n in __import__("re").findall(r"=== step (\d+) ===", text)] == [0, 2, 4]
+    assert [int(n) for n in __import__("re").findall(r"=== step (\d+) ===", text)] == [2, 4]  # none at step 0
     assert json.loads((run / "config.json").read_text())["runtime"]["dtype"] == "fp32"  # ...keeps what it used
 
 

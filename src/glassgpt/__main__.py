@@ -1,3 +1,3 @@
-from glassgpt.cli import main
+from glassgpt.cli import run
 
-raise SystemExit(main())
+run()

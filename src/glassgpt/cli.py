@@ -35,6 +35,37 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{self.prog}: {message}")
 
 
+def run() -> None:
+    """The `glassgpt` console script and `python -m glassgpt`: `main()`, then `exit_quickly`."""
+    exit_quickly(main())
+
+
+def exit_quickly(code: int) -> None:
+    """End the process without the interpreter's teardown of every imported module.
+
+    Once PyTorch is imported, that teardown (deleting a thousand modules and collecting their
+    objects) takes about 0.3 s and writes nothing: a tenth of a 20-step run's time outside its
+    training steps. Whatever does write still runs: the atexit handlers (temporary folders,
+    logging, multiprocessing's children), then the flush of stdout and stderr. With PyTorch not
+    imported, or a thread other than this one still running (which a normal exit waits for), it
+    is a normal exit.
+    """
+    import threading
+
+    if "torch" not in sys.modules or threading.active_count() > 1:
+        sys.exit(code)
+    import atexit
+    import os
+
+    atexit._run_exitfuncs()  # the hooks a normal exit runs, in the same order
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a reader that went away, a closed stream: nothing to keep
+            pass
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -104,7 +135,7 @@ Train a GPT. The model, data, tokenizer, optimiser and schedule all come from on
 
 Any training field or model switch below can be given as a flag; underscores and dashes are both
 fine (--max-steps, --max_steps). The run is saved in $GLASSGPT_HOME/runs/NAME: config.json,
-metrics.jsonl, samples.txt, plots/loss.png and checkpoints/step-NNNNNN/. Ctrl-C saves a checkpoint;
+metrics.jsonl, samples.txt, plots/loss.svg and checkpoints/step-NNNNNN/. Ctrl-C saves a checkpoint;
 --resume continues exactly where it stopped.
 
 Stages turn a base model into a chat model, each one a run of its own with the same loop:
@@ -297,7 +328,7 @@ def _print_next_steps(run: str) -> None:
         f"  glassgpt sample --run {run} --prompt \"ROMEO:\"             generate text\n"
         f"  glassgpt trace --run {run} --text \"ROMEO: Is the day so young?\"   watch it think, tensor by tensor\n"
         f"  glassgpt learn init my_gpt.py                            write your own GPT\n"
-        f"  the loss curve: {paths.run_dir(run) / 'plots' / 'loss.png'}")
+        f"  the loss curve: {paths.run_dir(run) / 'plots' / 'loss.svg'}")
 
 
 # -- sample ---------------------------------------------------------------------------------------------

@@ -119,7 +119,7 @@ class TrainConfig:
     eval_batch_size: int = 0
     """Sequences per evaluation pass; 0 = 4 x device_batch_size."""
     sample_tokens: int = 64
-    """Tokens per sample printed at each evaluation and at the end; 0 = no samples."""
+    """Tokens per sample printed at each evaluation (a fresh model's step 0 has none); 0 = no samples."""
     checkpoint_every: int = 500
     """Save a checkpoint every N steps (one is always saved at the end); 0 = only at the end."""
     keep_checkpoints: int = 2

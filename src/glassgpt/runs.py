@@ -5,7 +5,7 @@
       tokenizer.json    the run's own copy of its tokenizer
       metrics.jsonl     one JSON object per line: {"step", "loss", ...} or {"step", "val_loss", "val_bpb"}
       samples.txt       "=== step N ===" sections of samples
-      plots/loss.png    training loss and validation curves
+      plots/loss.svg    training loss and validation curves
       checkpoints/step-NNNNNN/   (see train/checkpoint.py)
       .lock             held (flock) by the process training the run; empty
 
@@ -150,7 +150,7 @@ class RunFolder:
         self.config_path = run_dir / "config.json"
         self.metrics_path = run_dir / "metrics.jsonl"
         self.samples_path = run_dir / "samples.txt"
-        self.plot_path = run_dir / "plots" / "loss.png"
+        self.plot_path = run_dir / "plots" / "loss.svg"
 
     def start(self, config: dict, tokenizer: Tokenizer, resume_step: int | None) -> None:
         """Write config.json and tokenizer.json. A new run starts with no metrics or samples; a
@@ -191,33 +191,18 @@ class RunFolder:
             raise GlassError(f"cannot write {path}: {error.strerror or error} (is the disk full?)") from None
 
     def plot(self) -> None:
-        """plots/loss.png: training loss per step, and the validation loss and bits per byte."""
-        from matplotlib.figure import Figure  # not pyplot: no GUI backend, no global figure state
+        """plots/loss.svg: training loss per step, and the validation loss and bits per byte."""
+        from glassgpt.svg_chart import BLUE, GREEN, ORANGE, Panel, Series, chart_svg
 
         records = self.metrics()
         train = [(r["step"], r["loss"]) for r in records if "loss" in r]
-        val = [(r["step"], r["val_bpb"]) for r in records if r.get("val_bpb") is not None]
         val_loss = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
-        figure = Figure(figsize=(11, 4))
-        left, right = figure.subplots(1, 2)
-        if train:
-            steps, losses = zip(*train)
-            left.plot(steps, losses, lw=0.8, color="tab:blue", label="train")
-        if val_loss:
-            steps, losses = zip(*val_loss)
-            left.plot(steps, losses, "o-", color="tab:orange", label="val")
-        left.set(xlabel="step", ylabel="loss (nats per counted token)", title="loss")
-        left.legend()
-        if val:
-            steps, bpbs = zip(*val)
-            right.plot(steps, bpbs, "o-", color="tab:green")
-        right.set(xlabel="step", ylabel="val bits per byte", title="validation bits per byte")
-        for axis in (left, right):
-            axis.grid(alpha=0.3)
-        figure.suptitle(self.dir.name)
-        figure.tight_layout()
-        with atomic.atomic_path(self.plot_path) as tmp:
-            figure.savefig(tmp, format="png", dpi=110)
+        val_bpb = [(r["step"], r["val_bpb"]) for r in records if r.get("val_bpb") is not None]
+        loss = Panel("loss", "step", "loss (nats per counted token)",
+                     [Series("train", train, BLUE), Series("val", val_loss, ORANGE, markers=True)])
+        bpb = Panel("validation bits per byte", "step", "val bits per byte",
+                    [Series("val bpb", val_bpb, GREEN, markers=True)])
+        atomic.write_text(self.plot_path, chart_svg(self.dir.name, [loss, bpb]))
 
 
 def read_metrics(text: str) -> list[dict]:

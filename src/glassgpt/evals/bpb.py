@@ -53,7 +53,6 @@ class Evaluation:
         return {"val_loss": round(self.loss, 6), "val_bpb": round(self.bpb, 6)}
 
 
-@torch.no_grad()  # not inference_mode: a learner's model may cache tensors it later trains with
 def evaluate(model, batches: Iterable[tuple[np.ndarray, np.ndarray]], token_bytes: np.ndarray, device,
              autocast=contextlib.nullcontext, world_size: int = 1) -> Evaluation:
     """Loss and bits per byte of `model` over every counted target (y != -1) of `batches`.
@@ -62,6 +61,20 @@ def evaluate(model, batches: Iterable[tuple[np.ndarray, np.ndarray]], token_byte
     (special tokens such as <|bos|> or <|assistant_end|>), which have no bytes to divide by.
     With several ranks, each evaluates its share of the batches and the sums are added.
     """
+    with _no_autograd(model):
+        return _evaluate(model, batches, token_bytes, device, autocast, world_size)
+
+
+def _no_autograd(model):
+    """inference_mode for the reference model, about 10% faster than no_grad on a CPU evaluation (it
+    skips autograd's version counters); no_grad for any other: a learner's model may cache a tensor
+    during a forward and train with it later, which an inference tensor forbids."""
+    from glassgpt.model.gpt import GPT
+
+    return torch.inference_mode() if type(model) is GPT else torch.no_grad()
+
+
+def _evaluate(model, batches, token_bytes, device, autocast, world_size: int) -> Evaluation:
     was_training = model.training
     model.eval()
     byte_table = torch.as_tensor(token_bytes, device=device)

@@ -435,7 +435,10 @@ class GPT(nn.Module):
         logits = tap("lm_head.logits_raw", F.linear(x, head_weight).float())  # (B, T, V)
         if self.config.softcap is not None:  # smoothly bound logits to (-c, c)
             cap = self.config.softcap
-            logits = cap * torch.tanh(logits / cap)
+            if torch.is_grad_enabled() or taps.active() is not None:
+                logits = cap * torch.tanh(logits / cap)
+            else:  # nothing else holds the raw logits: squash them in place, one (B, T, V) tensor, not three
+                logits = logits.div_(cap).tanh_().mul_(cap)
         logits = tap("lm_head.logits", logits)
         if targets is None:
             return logits
