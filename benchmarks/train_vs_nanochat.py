@@ -2,8 +2,10 @@
 
 glassgpt is timed as `glassgpt bench` times it (`glassgpt.bench.bench_train`: forward, backward,
 clipping, Muon + AdamW step of a fresh model on random tokens); nanochat as its base_train.py
-steps (forward with targets, backward, its MuonAdamW step, zero_grad), eager model, its
-optimiser's own compiled kernels warmed up first. Both in fp32 and in bf16: glassgpt with bf16
+steps (forward with targets, backward, its MuonAdamW step, zero_grad), its optimiser's own
+compiled kernels warmed up first. Eager models by default; with `--compile` both models run
+`torch.compile`d, as nanochat's base_train.py always runs its model (the warm-up steps then
+include the compilation). Both in fp32 and in bf16: glassgpt with bf16
 autocast, nanochat with NANOCHAT_DTYPE=bfloat16 (its way: weights cast in each Linear). nanochat
 reads its dtype when imported, so each nanochat measurement runs in a child process of its own;
 rounds alternate between the two so a neighbour's burst on a shared machine hits both alike.
@@ -13,6 +15,7 @@ https://github.com/karpathy/nanochat /tmp/nanochat) and pass its folder.
 
     python benchmarks/train_vs_nanochat.py --nanochat /tmp/nanochat
     python benchmarks/train_vs_nanochat.py --nanochat /tmp/nanochat --dtype bf16 --rounds 3 --steps 5
+    python benchmarks/train_vs_nanochat.py --nanochat /tmp/nanochat --compile
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ import time
 
 
 def nanochat_tokens_per_sec(path: str, depth: int, vocab_size: int, seq_len: int, batch_size: int, steps: int,
-                            warmup: int) -> float:
+                            warmup: int, compiled: bool) -> float:
     """tokens/s of nanochat's training step (runs in the child process)."""
     import torch
 
@@ -35,6 +38,8 @@ def nanochat_tokens_per_sec(path: str, depth: int, vocab_size: int, seq_len: int
 
     model, _ = nanochat_model(path, depth, vocab_size, seq_len)
     optimizer = model.setup_optimizer()
+    if compiled:
+        model = torch.compile(model, dynamic=False)  # as base_train.py does
     torch.manual_seed(0)
     x = torch.randint(0, vocab_size, (batch_size, seq_len))
     y = torch.randint(0, vocab_size, (batch_size, seq_len))
@@ -59,11 +64,13 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dtype", default="fp32,bf16", help="comma list of fp32, bf16 (default both)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile both models (nanochat's training script always does)")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     shape = (args.depth, args.vocab_size, args.seq_len, args.batch_size)
     if args.worker:  # the child: one nanochat measurement, printed as JSON
-        print(json.dumps(nanochat_tokens_per_sec(args.nanochat, *shape, args.steps, args.warmup)))
+        print(json.dumps(nanochat_tokens_per_sec(args.nanochat, *shape, args.steps, args.warmup, args.compile)))
         return 0
 
     import torch
@@ -78,17 +85,20 @@ def main() -> int:
     dtypes = [d.strip() for d in args.dtype.split(",") if d.strip()]
     device = torch.device("cpu")
     print(f"depth {args.depth}, width {config.n_embd}, vocab {args.vocab_size:,}, seq {args.seq_len}, "
-          f"batch {args.batch_size}; {args.steps} timed steps after {args.warmup}; {torch.get_num_threads()} threads")
+          f"batch {args.batch_size}; {args.steps} timed steps after {args.warmup}; {torch.get_num_threads()} threads; "
+          f"{'compiled' if args.compile else 'eager'} models")
     rates: dict[str, list[float]] = {}
     for _ in range(args.rounds):
         for dtype in dtypes:
-            glass = bench_train(config, device, dtype, args.batch_size, args.seq_len, args.steps, warmup=args.warmup)
+            glass = bench_train(config, device, dtype, args.batch_size, args.seq_len, args.steps,
+                                compiled=args.compile, warmup=args.warmup)
             rates.setdefault(f"glassgpt {dtype}", []).append(glass["tokens_per_sec"])
             env = {**os.environ, "NANOCHAT_DTYPE": "bfloat16" if dtype == "bf16" else "float32"}
             child = subprocess.run([sys.executable, __file__, "--worker", "--nanochat", args.nanochat,
                                     "--depth", str(args.depth), "--vocab-size", str(args.vocab_size),
                                     "--seq-len", str(args.seq_len), "--batch-size", str(args.batch_size),
-                                    "--steps", str(args.steps), "--warmup", str(args.warmup)],
+                                    "--steps", str(args.steps), "--warmup", str(args.warmup),
+                                    *(["--compile"] if args.compile else [])],
                                    env=env, capture_output=True, text=True)
             if child.returncode:
                 print(child.stderr, file=sys.stderr)
