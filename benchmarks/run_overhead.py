@@ -21,11 +21,8 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
-
-def cache_root() -> Path:
-    return Path(os.environ.get("GLASSGPT_HOME") or Path.home() / ".cache" / "glassgpt")
+from glassgpt import paths
 
 
 def one_run(preset: str, max_steps: int, overrides: list[str]) -> tuple[float, float]:
@@ -36,7 +33,7 @@ def one_run(preset: str, max_steps: int, overrides: list[str]) -> tuple[float, f
     started = time.perf_counter()
     done = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     wall = time.perf_counter() - started
-    run_dir = cache_root() / "runs" / run
+    run_dir = paths.run_dir(run)
     try:
         if done.returncode:
             raise SystemExit(f"glassgpt train failed ({done.returncode}): {done.stderr.strip()[-500:]}")

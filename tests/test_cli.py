@@ -168,30 +168,60 @@ def test_an_output_path_that_is_a_folder_is_named_in_one_line(tmp_path, capsys):
 
 
 EXIT_SCRIPT = """
-import atexit, pathlib, sys, threading, time
+import atexit, os, pathlib, sys, threading, time
 import torch  # what makes the interpreter's teardown slow, and exit_quickly skip it
 from glassgpt.cli import exit_quickly
 
+
+class Teardown:  # deleted, and so heard from, only when the interpreter tears the modules down
+    def __del__(self, write=os.write):
+        write(2, b"torn down")
+
+
+marker = Teardown()
 out = pathlib.Path(sys.argv[1])
 atexit.register(lambda: (out / "atexit").write_text("ran"))
 if sys.argv[2] == "thread":  # a thread still writing when the command returns: a normal exit waits
     threading.Thread(target=lambda: (time.sleep(0.3), (out / "thread").write_text("done"))).start()
-sys.stdout.write("unflushed output")  # no newline: still in the buffer when the process ends
+if sys.stdout is not None:
+    sys.stdout.write("unflushed output")  # no newline: still in the buffer when the process ends
 exit_quickly(3)
 """
 
 
-@pytest.mark.parametrize("case", ["alone", "thread"])
-def test_a_quick_exit_keeps_the_exit_code_the_atexit_hooks_and_buffered_output(tmp_path, case):
+def run_exit_script(tmp_path, case: str, prefix: str = "", redirect: str = ""):
+    import shlex
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, str(tmp_path), case], capture_output=True,
-                          text=True, timeout=120)
-    assert done.returncode == 3 and done.stdout == "unflushed output" and done.stderr == ""
+    script = tmp_path / "script.py"
+    script.write_text(EXIT_SCRIPT)
+    command = f"{shlex.quote(sys.executable)} {prefix} {shlex.quote(str(script))} {tmp_path} {case} {redirect}"
+    return subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=120)
+
+
+def test_a_quick_exit_skips_the_teardown_but_keeps_the_exit_code_atexit_hooks_and_buffered_output(tmp_path):
+    done = run_exit_script(tmp_path, "alone")
+    assert done.returncode == 3 and done.stdout == "unflushed output"
+    assert done.stderr == ""  # no teardown: the marker was never deleted
     assert (tmp_path / "atexit").read_text() == "ran"
-    if case == "thread":
-        assert (tmp_path / "thread").read_text() == "done"
+
+
+def test_a_thread_still_running_gets_a_normal_exit_that_waits_for_it(tmp_path):
+    done = run_exit_script(tmp_path, "thread")
+    assert done.returncode == 3 and done.stdout == "unflushed output" and done.stderr == "torn down"
+    assert (tmp_path / "thread").read_text() == "done" and (tmp_path / "atexit").read_text() == "ran"
+
+
+def test_a_profiler_gets_a_normal_exit_and_writes_its_file(tmp_path):
+    done = run_exit_script(tmp_path, "alone", prefix=f"-m cProfile -o {tmp_path / 'profile.out'}")
+    assert done.stdout == "unflushed output" and done.stderr == "torn down"  # (cProfile exits 0 itself)
+    assert (tmp_path / "profile.out").stat().st_size > 0
+
+
+def test_a_closed_stdout_does_not_turn_a_finished_command_into_a_failure(tmp_path):
+    done = run_exit_script(tmp_path, "alone", redirect=">&-")
+    assert done.returncode == 3 and done.stderr == "" and (tmp_path / "atexit").read_text() == "ran"
 
 
 def test_python_m_glassgpt_ends_with_the_commands_exit_code_and_whole_output(glass_home):

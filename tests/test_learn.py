@@ -527,9 +527,11 @@ def test_train_with_your_model_uses_the_real_loop_and_lists_missing_trace_points
 
     fixture = str(FIXTURES / "learner_nanochat.py")
     assert main(["train", *TINY_TRAIN, "--run", "mine", "--model", fixture, "--max-steps", "3",
-                 "--eval-every", "0", "--checkpoint-every", "2"]) == 0
+                 "--eval-every", "3", "--checkpoint-every", "2"]) == 0
     out = capsys.readouterr().out
     assert re.search(r"emits 3 of \d+ trace points; not emitted: embed.norm", out)
+    # your model samples at step 0 (the reference model does not): its generation path is tried first
+    assert "=== step 0 ===" in (glass_home / "runs" / "mine" / "samples.txt").read_text()
     saved = json.loads((glass_home / "runs" / "mine" / "config.json").read_text())
     assert saved["train"]["model_file"] == str(Path(fixture).resolve()) and saved["model_file_sha256"]
     # sampling and resuming rebuild *your* class from the saved config

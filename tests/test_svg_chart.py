@@ -24,11 +24,28 @@ def test_ticks_are_round_evenly_spaced_and_cover_the_range(low, high):
     assert any(math.isclose(mantissa, m) for m in (1, 2, 5, 10))
 
 
-def test_one_value_and_reversed_bounds_still_give_a_range():
-    assert nice_ticks(3.0, 3.0)[0] < 3.0 < nice_ticks(3.0, 3.0)[-1]
+@pytest.mark.parametrize("low, high", [(3.0, 3.0), (1.0, 1.0 + 1e-13), (1e-320, 2e-320), (0.0, 0.0), (-7.0, -7.0)])
+def test_one_value_or_a_range_too_narrow_for_floats_still_gives_distinct_ticks_around_it(low, high):
+    ticks = nice_ticks(low, high)
+    assert ticks[0] <= low and high <= ticks[-1] and ticks[0] < ticks[-1]
+    chart_svg("run", [Panel("p", "x", "y", [Series("s", [(low, low), (high, high)])])])  # no division by zero
+
+
+def test_reversed_bounds_match_and_infinite_ones_are_refused():
     assert nice_ticks(9, 1) == nice_ticks(1, 9)
     with pytest.raises(ValueError, match="finite"):
         nice_ticks(0, math.inf)
+
+
+def test_a_whole_number_axis_has_no_ticks_between_integers():
+    assert nice_ticks(1, 2, min_step=1) == [1, 2]
+    assert nice_ticks(1, 1, min_step=1) == [0, 1, 2]
+    assert all(float(t).is_integer() for t in nice_ticks(0, 7, min_step=1))
+
+
+def test_a_one_point_series_is_drawn_as_a_dot():
+    root = ElementTree.fromstring(chart_svg("run", [Panel("loss", "step", "loss", [Series("train", [(1, 6.2)])])]))
+    assert len(list(root.iter(f"{SVG}circle"))) == 1
 
 
 def test_tick_labels_have_the_decimals_their_step_needs():

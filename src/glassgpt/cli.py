@@ -46,13 +46,15 @@ def exit_quickly(code: int) -> None:
     Once PyTorch is imported, that teardown (deleting a thousand modules and collecting their
     objects) takes about 0.3 s and writes nothing: a tenth of a 20-step run's time outside its
     training steps. Whatever does write still runs: the atexit handlers (temporary folders,
-    logging, multiprocessing's children), then the flush of stdout and stderr. With PyTorch not
-    imported, or a thread other than this one still running (which a normal exit waits for), it
-    is a normal exit.
+    logging, multiprocessing's children), then the flush of stdout and stderr. It is a normal
+    exit when PyTorch is not imported, when a thread other than this one still runs (a normal exit
+    waits for it), and when something acts after the command returns: a profiler or tracer
+    (`python -m cProfile -o ...`, coverage) or `python -i`.
     """
     import threading
 
-    if "torch" not in sys.modules or threading.active_count() > 1:
+    watched = sys.getprofile() is not None or sys.gettrace() is not None or sys.flags.inspect
+    if "torch" not in sys.modules or threading.active_count() > 1 or watched:
         sys.exit(code)
     import atexit
     import os
@@ -60,7 +62,8 @@ def exit_quickly(code: int) -> None:
     atexit._run_exitfuncs()  # the hooks a normal exit runs, in the same order
     for stream in (sys.stdout, sys.stderr):
         try:
-            stream.flush()
+            if stream is not None:  # None: the process was started with that descriptor closed
+                stream.flush()
         except (OSError, ValueError):  # a reader that went away, a closed stream: nothing to keep
             pass
     os._exit(code)

@@ -199,9 +199,9 @@ class RunFolder:
         val_loss = [(r["step"], r["val_loss"]) for r in records if r.get("val_loss") is not None]
         val_bpb = [(r["step"], r["val_bpb"]) for r in records if r.get("val_bpb") is not None]
         loss = Panel("loss", "step", "loss (nats per counted token)",
-                     [Series("train", train, BLUE), Series("val", val_loss, ORANGE, markers=True)])
+                     [Series("train", train, BLUE), Series("val", val_loss, ORANGE, markers=True)], whole_x=True)
         bpb = Panel("validation bits per byte", "step", "val bits per byte",
-                    [Series("val bpb", val_bpb, GREEN, markers=True)])
+                    [Series("val bpb", val_bpb, GREEN, markers=True)], whole_x=True)
         atomic.write_text(self.plot_path, chart_svg(self.dir.name, [loss, bpb]))
 
 

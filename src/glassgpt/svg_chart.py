@@ -4,7 +4,7 @@ A run's one plot used to be drawn with matplotlib, whose import and figure cost 
 `glassgpt train`: a fifth of the time a 20-step run spends outside its training steps. A chart
 of a few lines needs only axes, ticks, a grid, polylines and a legend, which SVG states directly;
 the file is a few kilobytes of text, opens in any browser and scales without blur. Richer figures
-(the report's, the experiments') still use matplotlib.
+(the report's, the experiments', the attention maps) still use matplotlib.
 """
 
 from __future__ import annotations
@@ -35,27 +35,25 @@ class Panel:
     x_label: str
     y_label: str
     series: list[Series] = field(default_factory=list)
+    whole_x: bool = False  # x counts something whole (steps): no ticks between two integers
 
 
-def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
-    """About `count` round values (steps of 1, 2 or 5 times a power of ten) covering [low, high]."""
+def nice_ticks(low: float, high: float, count: int = 5, min_step: float = 0.0) -> list[float]:
+    """About `count` round values (steps of 1, 2 or 5 times a power of ten, and at least
+    `min_step`: 1 for an axis of whole steps) covering [low, high]."""
     if not (math.isfinite(low) and math.isfinite(high)):
         raise ValueError(f"ticks need finite bounds, not {low}, {high}")
     if high < low:
         low, high = high, low
-    if high == low:  # one value: a unit-wide range around it
-        low, high = low - 0.5, high + 0.5
+    if high - low <= 1e-9 * max(abs(low), abs(high), 1e-300):  # one value (to rounding): a range around it
+        pad = max(min_step, 0.5)
+        low, high = low - pad, high + pad
     raw_step = (high - low) / max(1, count)
     power = 10 ** math.floor(math.log10(raw_step))
-    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw_step)
+    step = max(min_step, next(m * power for m in (1, 2, 5, 10) if m * power >= raw_step))
     first = math.floor(low / step + 1e-9) * step
-    ticks, k = [], 0
-    while first + k * step <= high + step * 1e-9 or len(ticks) < 2:
-        ticks.append(round(first + k * step, 12))
-        k += 1
-    if ticks[-1] < high:
-        ticks.append(round(ticks[-1] + step, 12))
-    return ticks
+    count_needed = math.ceil((high - first) / step - 1e-9)
+    return [first + k * step for k in range(max(1, count_needed) + 1)]
 
 
 def format_tick(value: float, step: float) -> str:
@@ -86,7 +84,7 @@ def _panel_svg(panel: Panel, left: float, top: float) -> list[str]:
         out.append(f'<text x="{plot_left + plot_width / 2:.1f}" y="{plot_top + plot_height / 2:.1f}" '
                    'text-anchor="middle" fill="#888">no data yet</text>')
         return out
-    x_ticks = nice_ticks(min(x for x, _ in points), max(x for x, _ in points))
+    x_ticks = nice_ticks(min(x for x, _ in points), max(x for x, _ in points), min_step=1 if panel.whole_x else 0)
     y_ticks = nice_ticks(min(y for _, y in points), max(y for _, y in points))
     x_low, x_high, y_low, y_high = x_ticks[0], x_ticks[-1], y_ticks[0], y_ticks[-1]
 
@@ -120,7 +118,7 @@ def _panel_svg(panel: Panel, left: float, top: float) -> list[str]:
         width = 2 if item.markers else 1.2
         out.append(f'<polyline class="series" data-label={quoteattr(item.label)} fill="none" '
                    f'stroke="{item.color}" stroke-width="{width}" points="{coordinates}"/>')
-        if item.markers:
+        if item.markers or len(finite) == 1:  # a one-point polyline draws nothing
             out.extend(f'<circle cx="{to_x(x):.1f}" cy="{to_y(y):.1f}" r="3.5" fill="{item.color}"/>'
                        for x, y in finite)
     labelled = [item for item, finite in series if item.label and finite]

@@ -67,8 +67,8 @@ def evaluate(model, batches: Iterable[tuple[np.ndarray, np.ndarray]], token_byte
 
 def _no_autograd(model):
     """inference_mode for the reference model, about 10% faster than no_grad on a CPU evaluation (it
-    skips autograd's version counters); no_grad for any other: a learner's model may cache a tensor
-    during a forward and train with it later, which an inference tensor forbids."""
+    skips autograd's version counters); no_grad for any other, whose forward may do what an
+    inference tensor forbids (keep a tensor it later trains with)."""
     from glassgpt.model.gpt import GPT
 
     return torch.inference_mode() if type(model) is GPT else torch.no_grad()

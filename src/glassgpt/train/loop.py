@@ -290,10 +290,12 @@ def _train(config: TrainConfig, resume: bool, runtime: devices.Runtime, run_dir:
     def evaluate(step: int) -> dict:
         result = evaluate_batches(model, data.val_batches(), token_bytes, runtime.device, runtime.autocast,
                                   runtime.world_size)
-        # A freshly initialised model writes random tokens: its step-0 samples would cost a third of
-        # a second for nothing (nanochat does not sample at step 0 either). A chat stage starts
-        # from a trained model, and its step-0 samples show how that model meets conversations.
-        untrained = step == 0 and data.parent is None
+        # A freshly initialised reference model writes random tokens: its step-0 samples would cost a
+        # third of a second for nothing (nanochat does not sample at step 0 either). A chat stage
+        # starts from a trained model, and its step-0 samples show how that model meets
+        # conversations; a learner's --model samples at step 0 so that a broken generation path
+        # (its KV cache) fails before the training, not after it.
+        untrained = step == 0 and data.parent is None and not config.model_file
         samples = (data.samples(model, runtime.autocast)
                    if runtime.is_main and config.sample_tokens and not untrained else [])
         if runtime.is_main:
