@@ -1,7 +1,7 @@
 """Line charts written as SVG text, for the loss curve every training run draws.
 
 A run's one plot used to be drawn with matplotlib, whose import and figure cost 0.6 s of every
-`glassgpt train`: a fifth of the time a 20-step run spends outside its training steps. A chart
+`glassgpt train`: a sixth of the time a 20-step run spent outside its training steps. A chart
 of a few lines needs only axes, ticks, a grid, polylines and a legend, which SVG states directly;
 the file is a few kilobytes of text, opens in any browser and scales without blur. Richer figures
 (the report's, the experiments', the attention maps) still use matplotlib.
