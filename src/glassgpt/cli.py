@@ -452,9 +452,11 @@ examples:
 """
 
 
-COMPILE_DECODE_HELP = ("torch.compile the decode step before the first reply: about 2x the tokens per second, after "
-                       "about 10 s per graph the first time (4 graphs for a 512-token context; seconds once torch's "
-                       "compile cache has them). On a CPU it needs a C++ compiler")
+def compile_decode_help(when: str) -> str:
+    """--compile's help for chat and serve, which compile the decode step `when`."""
+    return (f"torch.compile the decode step {when}: about 2x the tokens per second, after about 10 s per graph "
+            "the first time (4 graphs for a 512-token context; seconds once torch's compile cache has them). "
+            "On a CPU it needs a C++ compiler")
 
 
 def _add_chat(commands) -> None:
@@ -469,7 +471,7 @@ def _add_chat(commands) -> None:
     parser.add_argument("--seed", type=int, default=None, metavar="S", help="random seed, for repeatable replies")
     parser.add_argument("--checkpoint", type=int, default=None, metavar="STEP", help="use this step's checkpoint (default: newest)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
-    parser.add_argument("--compile", action="store_true", help=COMPILE_DECODE_HELP)
+    parser.add_argument("--compile", action="store_true", help=compile_decode_help("before the first reply"))
     parser.set_defaults(handler=_run_chat)
     sub = parser.add_subparsers(title="subcommands", metavar="<subcommand>")
     render = _sub(sub, "render", "show conversations token by token, with the loss mask", CHAT_RENDER_DESCRIPTION)
@@ -573,8 +575,8 @@ def _add_serve(commands) -> None:
     parser.add_argument("--checkpoint", type=int, default=None, metavar="STEP", help="use this step's checkpoint (default: newest)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
     parser.add_argument("--compile", action="store_true",
-                        help=COMPILE_DECODE_HELP.replace("before the first reply", "before serving") + "; replies "
-                             "asking for n > 1 choices decode eagerly")
+                        help=compile_decode_help("before serving") + "; replies asking for n > 1 choices "
+                             "decode eagerly")
     parser.set_defaults(handler=_run_serve)
 
 

@@ -312,6 +312,11 @@ def static_span(length: int, max_len: int) -> int:
     return min(span, max_len)
 
 
+def compiled_summary(graphs: int, seconds: float) -> str:
+    """The line `glassgpt chat --compile` and `glassgpt serve --compile` print after `compile_now`."""
+    return f"compiled the decode step: {graphs} graph{'s' if graphs != 1 else ''} in {seconds:.0f}s"
+
+
 def _compiler_failures() -> tuple[type[BaseException], ...]:
     """What torch.compile raises when it cannot build a graph (no C++ compiler, a compiler error).
     Looked up only when a call has failed, so that a run without --compile never imports it."""

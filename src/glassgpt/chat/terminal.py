@@ -17,6 +17,7 @@ from rich.markup import escape
 
 from glassgpt.chat.session import (DEFAULT_MAX_TOKENS, DEFAULT_TEMPERATURE, DEFAULT_TOP_K, ChatModel, Reply,
                                    add_event, assistant_message)
+from glassgpt.engine import compiled_summary
 from glassgpt.errors import UsageError
 
 HELP = """\
@@ -161,8 +162,7 @@ def run(args) -> int:
         with notes.status("compiling the decode step") as status:
             graphs = chat.engine.compile_now(
                 lambda done, total: status.update(f"compiling the decode step: {done}/{total} graphs done"))
-        notes.print(f"[dim]compiled the decode step: {graphs} graph{'s' if graphs != 1 else ''} "
-                    f"in {time.perf_counter() - started:.0f}s[/]")
+        notes.print(f"[dim]{compiled_summary(graphs, time.perf_counter() - started)}[/]")
     conversation = Conversation(chat, settings, out, notes)
     if args.prompt is not None:
         conversation.say(args.prompt)

@@ -131,6 +131,7 @@ def run(args) -> int:
 
     from glassgpt import device as devices, paths
     from glassgpt.chat.session import DEFAULT_MAX_TOKENS, ChatModel
+    from glassgpt.engine import compiled_summary
     from glassgpt.runs import load_run, read_run_config
     from glassgpt.serve.app import ServeSettings, create_app
 
@@ -151,8 +152,7 @@ def run(args) -> int:
             started = time.perf_counter()
             print("compiling the decode step …", file=sys.stderr, flush=True)
             graphs = chat.engine.compile_now()
-            print(f"compiled the decode step: {graphs} graph{'s' if graphs != 1 else ''} in "
-                  f"{time.perf_counter() - started:.0f}s", file=sys.stderr, flush=True)
+            print(compiled_summary(graphs, time.perf_counter() - started), file=sys.stderr, flush=True)
         app = create_app(chat, ServeSettings(args.workers, args.queue, args.max_tokens or DEFAULT_MAX_TOKENS))
     except BaseException:
         sock.close()
